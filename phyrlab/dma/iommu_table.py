@@ -1,0 +1,734 @@
+"""Single-level IOMMU tables with a bitmap allocator: one engine for 15 of the 24 ops tables.
+
+Every row of family ``single_level`` in :data:`phyrlab.dma.ops.OPS` is a :class:`TableOps`
+configured by a :class:`TableParams` (table geometry, allocator, how ``map_sg`` merges, when
+the device bypasses the table, when the IOTLB is flushed, hypercall batching, CMO
+entitlement). The table itself is :class:`IommuTable`: a numpy bool bitmap (``it_map``,
+``iommu_gart_bitmap``, ``arena->ptes != 0``...) and a uint64 PTE array.
+
+Read in the kernel sources (stored versions; several are older than v6.2, noted per item):
+
+- lib/iommu-helper.c ``iommu_area_alloc``: first aligned index >= ``start`` whose ``nr`` bits
+  are free and that does not cross ``boundary_size`` (``iommu_is_span_boundary`` with
+  ``shift``); the last entry of the map is never handed out (``end >= size`` fails; later
+  kernels write it as ``size -= 1``). Modelled exactly by :meth:`IommuTable.area_alloc`.
+- arch/x86/kernel/amd_gart_64.c (stored file is 2.6-era; v6.2's logic is the same):
+  ``alloc_iommu`` next-fit from ``next_bit``, retry from 0 and ``need_flush`` on failure or
+  wrap; ``iommu_fullflush = 1`` so ``flush_gart()`` flushes after every map call;
+  ``free_iommu`` moves ``next_bit`` past a freed range above it; ``need_iommu()`` = forced or
+  ``!dma_capable``; ``gart_map_sg`` merges only with ``iommu_merge`` (0 by default in
+  arch/x86/kernel/pci-dma.c; ``iommu=merge`` sets it and ``force_iommu``), and then an entry
+  joins the previous chunk only when both need the IOMMU, the entry has no offset, the
+  previous ends on a page and ``seg_size + length <= max_seg_size``; on overflow it unmaps
+  and retries per entry (``dma_map_sg_nonforce``); 32 ``EMERGENCY_PAGES`` are reserved at
+  the aperture start.
+- arch/powerpc/kernel/iommu.c (v6.x): ``ppc_iommu_map_sg`` allocates per entry with a
+  ``handle`` so neighbours land contiguously, merges when ``dma_addr == dma_next`` and
+  ``dma_length + length <= max_seg_size``, fails with -EIO after freeing what it took;
+  ``iommu_range_alloc``: entries > 15 pages go to the large pool (top quarter), small ones
+  bump the hint to the next ``it_blocksize`` block; entry 0 is reserved
+  (``iommu_table_reserve_pages``); the boundary is honoured by the allocator only.
+- arch/powerpc/platforms/pseries/vio.c: ``vio_cmo_alloc`` (-ENOMEM when the device's free
+  entitlement plus the bus's excess pool is short), ``vio_dma_iommu_map_sg`` reserves
+  ``roundup(length, IOMMU_PAGE_SIZE)`` per entry and gives back what merging saved; on
+  failure it returns 0, which ``dma_map_sgtable`` reports as -EIO.
+- arch/sparc/kernel/iommu.c (stored file predates v6.2's ``iommu_tbl_range_alloc``):
+  ``dma_4u_map_sg`` as powerpc plus a segment-boundary check on the merged segment;
+  ``strbuf_flush`` on every unmap when the streaming cache is enabled.
+- arch/alpha/kernel/pci_iommu.c: ``sg_classify`` (physically adjacent entries merge; page
+  aligned ends merge virtually; ``max_seg_size`` caps a leader), ``sg_fill`` direct-maps a
+  physically contiguous leader that lies in the direct-map window, ``iommu_arena_find_pages``
+  next-fit with one wrap that flushes (``mv_pci_tbi``), unmap above ``next_entry`` flushes.
+
+Simplified (one line each): powerpc/sparc use one small-allocation pool (no per-CPU pools);
+parisc, ia64 and arm chunking use the GART rule (page-aligned joins, ``max_seg_size``) with
+their own size accounting; sun4v counts one hypercall per batch of contiguous pages
+(``iommu_batch_*``); pseries TCE writes are ``H_PUT_TCE_INDIRECT`` batches of 512; alpha's
+"break up and retry" after a failed virtual merge and its DAC path are not modelled; flushes
+are counted, not timed (see :mod:`phyrlab.cost`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from phyrlab.dma.ops import DmaMapOps, OpsEntry, check_direction, dma_limit, register_family
+from phyrlab.errors import DmaMappingError
+from phyrlab.faults import should_fail
+from phyrlab.units import U64_MAX
+
+#: ``VIO_CMO_MIN_ENT`` (arch/powerpc/include/asm/vio.h): a CMO device's minimum entitlement.
+VIO_CMO_MIN_ENT = 1562624
+#: ``EMERGENCY_PAGES`` of amd_gart_64.c: reserved at the aperture start.
+GART_EMERGENCY_PAGES = 32
+
+_U64 = np.uint64
+
+
+@dataclass(frozen=True)
+class TableParams:
+    """How one ops table uses its single-level table (one row of the catalogue)."""
+
+    io_page_shift: int = 12
+    entries: int = 16384  # table entries (aperture / window size in I/O pages)
+    dma_base: int = 0  # bus address of entry 0
+    reserved: tuple[int, int] = (0, 0)  # [first, last) entries reserved at init
+    alloc: str = "next_fit"  # "next_fit" | "first_fit" | "ppc_pools"
+    align_order_max: int = 0  # arm: align to get_order(size), capped (ARM_DMA_IOMMU_ALIGNMENT)
+    bump_on_free: bool = False  # gart/s390: free above the hint moves the hint past it
+    last_entry_usable: bool = False  # iommu_area_alloc never hands out the last entry
+    merge: str = "none"  # "vmerge" | "dma_contig" | "classify" | "none"
+    size_counts_offset: bool = False  # arm/s390: a chunk's size includes its first offset
+    merge_boundary: bool = False  # sparc: a merged segment may not cross the boundary
+    bypass: str | None = None  # "per_entry" | "whole" | "window" | None
+    force: bool = False  # gart: force_iommu (map even what the device reaches)
+    window: tuple[int, int] = (0, 0)  # alpha direct-map window (bus base, size)
+    flush: frozenset[str] = frozenset()  # "map_call", "wrap", "unmap_seg", "page"
+    hcall_batch: int = 0  # entries per hypercall (sun4v 1024, pseries 512); 0 = none
+    entitlement: int | None = None  # vio CMO entitlement in bytes (None = not CMO)
+    excess_free: int = 0  # vio_cmo.excess.free available to the device
+    coherent: bool = True  # False: arm non-coherent cache maintenance per byte
+    blocksize: int = 16  # ppc it_blocksize
+    sg_errno: str = "ENOMEM"  # errno map_sg returns when the table is full
+    retry_nonforce: bool = False  # gart: after a merged overflow, retry entry by entry
+    iommu_merge: bool = True  # gart: x86 ``iommu_merge`` (0 unless ``iommu=merge``)
+
+    @property
+    def io_page(self) -> int:
+        return 1 << self.io_page_shift
+
+
+# Per-row geometry and behaviour, verified as the module docstring says.
+ROW_PARAMS: dict[str, TableParams] = {
+    "gart_dma_ops": TableParams(
+        entries=16384, dma_base=0xC000_0000, reserved=(0, GART_EMERGENCY_PAGES),
+        merge="vmerge", bypass="per_entry", flush=frozenset({"map_call"}), bump_on_free=True,
+        retry_nonforce=True, iommu_merge=False),
+    "dma_iommu_ops": TableParams(
+        entries=65536, reserved=(0, 1), alloc="ppc_pools", last_entry_usable=False,
+        merge="dma_contig", bypass="whole", sg_errno="EIO"),
+    "vio_dma_mapping_ops": TableParams(
+        entries=8192, reserved=(0, 1), alloc="ppc_pools", merge="dma_contig", hcall_batch=512,
+        entitlement=VIO_CMO_MIN_ENT, sg_errno="EIO"),
+    "sun4u_dma_ops": TableParams(
+        io_page_shift=13, entries=16384, dma_base=0xC000_0000, merge="dma_contig",
+        merge_boundary=True, flush=frozenset({"wrap", "unmap_seg"}), sg_errno="EINVAL"),
+    "sun4v_dma_ops": TableParams(
+        io_page_shift=13, entries=16384, dma_base=0x8000_0000, merge="dma_contig",
+        merge_boundary=True, flush=frozenset({"wrap"}), hcall_batch=1024, sg_errno="EINVAL"),
+    "alpha_pci_ops": TableParams(
+        io_page_shift=13, entries=16384, dma_base=0x0800_0000, last_entry_usable=True,
+        merge="classify", bypass="window", window=(0x4000_0000, 0x4000_0000),
+        flush=frozenset({"wrap"})),
+    "iommu_ops": TableParams(
+        entries=32768, dma_base=0x1000_0000, alloc="first_fit", align_order_max=8,
+        merge="vmerge", size_counts_offset=True, flush=frozenset({"unmap_seg"}),
+        coherent=False),
+    "iommu_coherent_ops": TableParams(
+        entries=32768, dma_base=0x1000_0000, alloc="first_fit", align_order_max=8,
+        merge="vmerge", size_counts_offset=True, flush=frozenset({"unmap_seg"})),
+    "sba_dma_ops": TableParams(
+        entries=65536, dma_base=0x4000_0000, merge="vmerge", bypass="whole",
+        flush=frozenset({"unmap_seg"})),
+    "ccio_ops": TableParams(
+        entries=65536, dma_base=0, merge="vmerge", flush=frozenset({"unmap_seg"})),
+    "sba_ops": TableParams(
+        entries=65536, dma_base=0, merge="vmerge", flush=frozenset({"unmap_seg"})),
+    "jazz_dma_ops": TableParams(
+        entries=4096, dma_base=0, alloc="first_fit", last_entry_usable=True,
+        flush=frozenset({"map_call"}), sg_errno="EIO"),
+    "iounit_dma_ops": TableParams(
+        entries=3584, dma_base=0xFC10_0000, last_entry_usable=True, sg_errno="EINVAL"),
+    "sbus_iommu_dma_gflush_ops": TableParams(
+        entries=16384, dma_base=0xFC00_0000, last_entry_usable=True,
+        flush=frozenset({"map_call", "unmap_seg"}), sg_errno="EINVAL"),
+    "sbus_iommu_dma_pflush_ops": TableParams(
+        entries=16384, dma_base=0xFC00_0000, last_entry_usable=True,
+        flush=frozenset({"page"}), sg_errno="EINVAL"),
+}
+
+
+def iommu_num_pages(addr: Any, length: Any, io_page: int) -> Any:
+    """``iommu_num_pages()`` (include/linux/iommu-helper.h), scalar or array."""
+    off = addr & (io_page - 1) if isinstance(addr, int) else addr & _U64(io_page - 1)
+    size = off + length
+    return (size + io_page - 1) // io_page
+
+
+def iommu_is_span_boundary(index: int, nr: int, shift: int, boundary_size: int) -> bool:
+    """``iommu_is_span_boundary()``: does ``[index, index+nr)`` cross a boundary?"""
+    s = (shift + index) & (boundary_size - 1)
+    return s + nr > boundary_size
+
+
+class IommuTable:
+    """A single-level table: allocation bitmap (numpy bool) plus PTEs (numpy uint64)."""
+
+    def __init__(self, entries: int, reserved: tuple[int, int] = (0, 0),
+                 last_entry_usable: bool = False):
+        if entries < 2:
+            raise ValueError(f"table of {entries} entries: need at least 2")
+        self.size = entries
+        self.map = np.zeros(entries, dtype=bool)
+        self.ptes = np.zeros(entries, dtype=np.uint64)
+        lo, hi = reserved
+        self.map[lo:hi] = True
+        self.reserved = hi - lo
+        self.last_entry_usable = last_entry_usable
+
+    def in_use(self) -> int:
+        """Entries allocated beyond the reserved ones."""
+        return int(np.count_nonzero(self.map)) - self.reserved
+
+    def area_alloc(self, start: int, nr: int, limit: int | None = None, shift: int = 0,
+                   boundary_size: int = 0, align_mask: int = 0) -> int:
+        """``iommu_area_alloc(map, limit, start, nr, shift, boundary_size, align_mask)``.
+
+        Returns the first index or -1, and marks it used. The search is done in numpy,
+        in windows that double from ``start``; the answer is the kernel's (first fit).
+        """
+        size = self.size if limit is None else min(limit, self.size)
+        top = size if self.last_entry_usable else size - 1  # end must be <= top
+        if nr <= 0 or start + nr > top:
+            return -1
+        span = max(4 * nr, 1024)
+        lo = start
+        while lo + nr <= top:
+            hi = min(top, lo + span + nr)
+            idx = self._first_fit(lo, hi, nr, shift, boundary_size, align_mask)
+            if idx >= 0:
+                self.map[idx:idx + nr] = True
+                return idx
+            if hi >= top:
+                break
+            lo = hi - nr + 1
+            span *= 4
+        return -1
+
+    def _first_fit(self, lo: int, hi: int, nr: int, shift: int, boundary: int,
+                   align_mask: int) -> int:
+        used = self.map[lo:hi].astype(np.int32)
+        cs = np.concatenate(([0], np.cumsum(used)))
+        cand = np.arange(lo, hi - nr + 1)
+        if len(cand) == 0:
+            return -1
+        ok = (cs[nr:] - cs[:-nr]) == 0
+        if align_mask:
+            ok &= (cand & align_mask) == 0
+        if boundary:
+            ok &= ((shift + cand) & (boundary - 1)) + nr <= boundary
+        hit = np.flatnonzero(ok)
+        return int(cand[hit[0]]) if len(hit) else -1
+
+    def free(self, index: int, nr: int) -> None:
+        """``iommu_area_free`` / ``bitmap_clear``."""
+        self.map[index:index + nr] = False
+
+
+def _coalesce(addr: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Join physically adjacent neighbours (alpha's ``-1`` followers share pages)."""
+    if len(addr) < 2:
+        return addr, length
+    start = np.ones(len(addr), dtype=bool)
+    start[1:] = addr[1:] != addr[:-1] + length[:-1]
+    idx = np.flatnonzero(start)
+    return addr[idx], np.add.reduceat(length, idx).astype(np.uint64)
+
+
+@dataclass
+class _Pool:
+    start: int
+    end: int
+    hint: int
+
+
+@dataclass
+class _SgCookie:
+    """The DMA list plus, per DMA entry, whether it went through the table."""
+
+    translated: np.ndarray
+    bounced: np.ndarray | None = None
+    data: Any = None
+
+
+class TableOps(DmaMapOps):
+    """A ``dma_map_ops`` over one :class:`IommuTable` (see the module docstring)."""
+
+    def __init__(self, entry: OpsEntry | None = None, table: TableParams | None = None,
+                 **params: Any):
+        super().__init__(entry, **params)
+        base = table or ROW_PARAMS.get(self.name, TableParams())
+        fields = set(TableParams.__dataclass_fields__)
+        unknown = sorted(set(params) - fields)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown parameter {unknown[0]!r} "
+                             f"(expected one of {sorted(fields)})")
+        row = {k: v for k, v in self.params.items() if k in fields}
+        overrides = {k: v for k, v in row.items() if k in params or table is None}
+        for key in ("flush",):
+            if key in overrides and not isinstance(overrides[key], frozenset):
+                f = overrides[key]
+                overrides[key] = frozenset([f] if isinstance(f, str) else f)
+        for key in ("reserved", "window"):
+            if key in overrides:
+                overrides[key] = tuple(overrides[key])
+        if base.retry_nonforce and overrides.get("iommu_merge") and "force" not in overrides:
+            overrides["force"] = True  # iommu=merge sets force_iommu too (pci-dma.c)
+        p = self.p = replace(base, **overrides)
+        if p.merge not in ("vmerge", "dma_contig", "classify", "none"):
+            raise ValueError(f"{self.name}: unknown merge policy {p.merge!r}")
+        if p.alloc not in ("next_fit", "first_fit", "ppc_pools"):
+            raise ValueError(f"{self.name}: unknown allocator {p.alloc!r}")
+        self.table = IommuTable(p.entries, p.reserved, p.last_entry_usable)
+        self.next_bit = 0
+        self.need_flush = False
+        poolsize = (p.entries * 3 // 4)
+        self.pools = [_Pool(0, poolsize, 0), _Pool(poolsize, p.entries, poolsize)]
+        self.cmo_allocated = 0
+        self.excess_free = p.excess_free
+
+    # -- geometry -------------------------------------------------------------------------
+    @property
+    def aperture(self) -> tuple[int, int]:
+        """Bus addresses ``[start, end)`` the table translates."""
+        return self.p.dma_base, self.p.dma_base + (self.p.entries << self.p.io_page_shift)
+
+    def _translated(self, dma: int) -> bool:
+        lo, hi = self.aperture
+        return lo <= dma < hi
+
+    def resources(self) -> dict[str, int]:
+        """Table entries in use, valid PTEs, CMO bytes allocated: all zero when idle."""
+        return {
+            "table_entries": self.table.in_use(),
+            "valid_ptes": int(np.count_nonzero(self.table.ptes)),
+            "cmo_allocated": self.cmo_allocated,
+        }
+
+    # -- allocator ------------------------------------------------------------------------
+    def _boundary(self, dev: Any) -> int:
+        # dma_get_seg_boundary_nr_pages(): (boundary >> shift) + 1, as a power of two
+        mask = getattr(dev, "seg_boundary_mask", U64_MAX)
+        return ((mask >> self.p.io_page_shift) + 1) if mask < U64_MAX else 1 << 52
+
+    def _limit(self, dev: Any) -> int:
+        last = (dma_limit(dev) - self.p.dma_base) >> self.p.io_page_shift
+        return int(max(0, min(self.p.entries, last + 1)))
+
+    def _alloc(self, dev: Any, npages: int, handle: int | None = None) -> int:
+        """One allocation: ``alloc_iommu`` / ``iommu_range_alloc`` / ``__alloc_iova``."""
+        if should_fail("iommu_area_alloc"):
+            return -1
+        p, t = self.p, self.table
+        limit = self._limit(dev)
+        boundary = self._boundary(dev)
+        shift = p.dma_base >> p.io_page_shift
+        self.count("iova_allocs")
+        if p.alloc == "first_fit":
+            order = max(0, int(npages - 1).bit_length()) if p.align_order_max else 0
+            align = (1 << min(order, p.align_order_max)) - 1 if p.align_order_max else 0
+            return t.area_alloc(0, npages, limit, shift, boundary, align)
+        if p.alloc == "ppc_pools":
+            return self._ppc_alloc(npages, limit, shift, boundary, handle)
+        off = t.area_alloc(self.next_bit, npages, limit, shift, boundary)
+        if off < 0:
+            self._wrap()
+            off = t.area_alloc(0, npages, limit, shift, boundary)
+        if off >= 0:
+            self.next_bit = off + npages
+            if self.next_bit >= p.entries:
+                self.next_bit = 0
+                self._wrap()
+        return off
+
+    def _wrap(self) -> None:
+        self.need_flush = True
+        if "wrap" in self.p.flush:
+            self.count("iotlb_flushes")
+            self.need_flush = False
+
+    def _ppc_alloc(self, npages: int, limit: int, shift: int, boundary: int,
+                   handle: int | None) -> int:
+        small, large = self.pools
+        pool = large if npages > 15 else small
+        tries = [(pool, True), (pool, False), (small, False), (large, False)]
+        for pl, use_hint in tries:
+            if use_hint:
+                start = handle if handle and pl.start <= handle < pl.end else pl.hint
+            else:
+                pl.hint = pl.start
+                start = pl.start
+            if start >= pl.end:
+                start = pl.start
+            n = self.table.area_alloc(start, npages, min(pl.end, limit), shift, boundary)
+            if n >= 0:
+                end = n + npages
+                bs = self.p.blocksize
+                pl.hint = end if npages > 15 else (end + bs - 1) & ~(bs - 1)
+                return n
+        return -1
+
+    def _free(self, index: int, npages: int) -> None:
+        self.table.free(index, npages)
+        if self.p.bump_on_free and index >= self.next_bit:
+            self.next_bit = index + npages
+        if self.p.alloc == "next_fit" and "wrap" in self.p.flush and self.p.merge == "classify":
+            # alpha_pci_unmap_page: freeing above next_entry flushes the TLB
+            if index >= self.next_bit:
+                self.count("iotlb_flushes")
+
+    # -- PTEs -----------------------------------------------------------------------------
+    def _write_ptes(self, index: int, addr: np.ndarray, length: np.ndarray) -> int:
+        """Write the PTEs of entries ``addr/length`` from table index ``index``; pages used."""
+        io = self.p.io_page
+        npg = iommu_num_pages(addr, length, io).astype(np.int64)
+        total = int(npg.sum())
+        first = (addr & ~_U64(io - 1)).astype(np.uint64)
+        starts = np.repeat(first, npg)
+        within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(npg) - npg, npg)
+        pages = starts + within.astype(np.uint64) * _U64(io)
+        self.table.ptes[index:index + total] = pages | _U64(1)
+        self.count("pte_writes", total)
+        if "page" in self.p.flush:
+            self.count("iotlb_flushes", total)
+        self._hcalls(total)
+        return total
+
+    def _clear_ptes(self, index: int, npages: int) -> None:
+        self.table.ptes[index:index + npages] = 0
+        self.count("pte_writes", npages)
+        if "page" in self.p.flush:
+            self.count("iotlb_flushes", npages)
+        if self.p.hcall_batch:
+            self.count("hypercalls", 1)
+
+    def _hcalls(self, npages: int) -> None:
+        if self.p.hcall_batch:
+            self.count("hypercalls", -(-npages // self.p.hcall_batch))
+
+    def _cache(self, nbytes: int) -> None:
+        if not self.p.coherent:
+            self.count("cache_maint_bytes", nbytes)
+
+    # -- CMO entitlement (vio) --------------------------------------------------------------
+    def _cmo_alloc(self, size: int) -> bool:
+        """``vio_cmo_alloc``: False (the kernel's -ENOMEM) when entitlement is short."""
+        ent = self.p.entitlement
+        if ent is None:
+            return True
+        reserve_free = max(0, ent - self.cmo_allocated)
+        if reserve_free + self.excess_free < size:
+            return False
+        self.cmo_allocated += size
+        self.excess_free -= size - min(reserve_free, size)
+        return True
+
+    def _cmo_dealloc(self, size: int) -> None:
+        """``vio_cmo_dealloc`` (the device side; excess returns to its pool)."""
+        ent = self.p.entitlement
+        if ent is None or size == 0:
+            return
+        excess_freed = min(size, max(0, self.cmo_allocated - ent))
+        self.cmo_allocated -= size
+        self.excess_free += excess_freed
+
+    def _roundup_io(self, n: Any) -> Any:
+        io = self.p.io_page
+        return (n + io - 1) // io * io
+
+    # -- map_page -------------------------------------------------------------------------
+    def _reachable(self, dev: Any, paddr: int, size: int) -> bool:
+        return paddr + size - 1 <= dma_limit(dev)
+
+    def _in_window(self, dev: Any, paddr: int, size: int) -> bool:
+        wbase, wsize = self.p.window
+        return wsize > 0 and paddr + size <= wsize and paddr + size + wbase - 1 <= dma_limit(dev)
+
+    def _bypass_one(self, dev: Any, paddr: int, size: int) -> int | None:
+        b = self.p.bypass
+        if b in ("per_entry", "whole") and not self.p.force and self._reachable(dev, paddr, size):
+            return paddr
+        if b == "window" and self._in_window(dev, paddr, size):
+            return paddr + self.p.window[0]
+        return None
+
+    def map_phys(self, dev: Any, paddr: int, size: int, direction: str) -> int:
+        """``map_page``: bypass, or allocate ``iommu_num_pages`` entries and write them."""
+        check_direction(direction)
+        self.count("entries_walked")
+        if size <= 0:
+            raise ValueError(f"{self.name}: map of {size} bytes at {paddr:#x}")
+        self._cache(size)
+        direct = self._bypass_one(dev, paddr, size)
+        if direct is not None:
+            return direct
+        io = self.p.io_page
+        npages = int(iommu_num_pages(paddr, size, io))
+        cmo = int(self._roundup_io(size))
+        if not self._cmo_alloc(cmo):
+            raise DmaMappingError(
+                "ENOMEM", f"{self.name}: vio_cmo_alloc of {cmo} bytes exceeds the entitlement "
+                f"({self.p.entitlement} entitled, {self.cmo_allocated} allocated)")
+        idx = self._alloc(dev, npages)
+        if idx < 0:
+            self._cmo_dealloc(cmo)
+            if "map_call" in self.p.flush:
+                self.count("iotlb_flushes")
+            raise DmaMappingError(
+                "ENOMEM", f"{self.name}: no room for {npages} I/O pages of {io} bytes "
+                f"(DMA_MAPPING_ERROR); {self.table.in_use()} of {self.p.entries} in use")
+        self._write_ptes(idx, np.array([paddr], np.uint64), np.array([size], np.uint64))
+        if "map_call" in self.p.flush:
+            self.count("iotlb_flushes")
+        return self.p.dma_base + (idx << self.p.io_page_shift) + (paddr & (io - 1))
+
+    def unmap_phys(self, dev: Any, dma_addr: int, size: int, direction: str) -> None:
+        """``unmap_page``: clear and free the entries (nothing for a bypassed address)."""
+        check_direction(direction)
+        if direction in ("from_device", "bidirectional"):
+            self._cache(size)
+        if not self._translated(dma_addr):
+            return
+        self._unmap_seg(dma_addr, size)
+        self._cmo_dealloc(int(self._roundup_io(size)))
+
+    def _unmap_seg(self, dma_addr: int, size: int) -> None:
+        io = self.p.io_page
+        npages = int(iommu_num_pages(dma_addr, size, io))
+        idx = (dma_addr - self.p.dma_base) >> self.p.io_page_shift
+        self._clear_ptes(idx, npages)
+        self._free(idx, npages)
+        if "unmap_seg" in self.p.flush:
+            self.count("iotlb_flushes")
+
+    # -- map_sg ---------------------------------------------------------------------------
+    def map_sg(self, dev: Any, addr: np.ndarray, length: np.ndarray,
+               direction: str) -> tuple[np.ndarray, np.ndarray, Any]:
+        """The row's ``map_sg``; merges as the kernel does; unwinds fully on failure."""
+        check_direction(direction)
+        addr = np.asarray(addr, dtype=np.uint64)
+        length = np.asarray(length, dtype=np.uint64)
+        n = len(addr)
+        if n == 0:
+            raise DmaMappingError("EINVAL", f"{self.name}: map_sg of an empty list")
+        if len(length) != n:
+            raise ValueError(f"{self.name}: {n} addresses but {len(length)} lengths")
+        zero = np.flatnonzero(length == 0)
+        if len(zero):
+            raise ValueError(f"{self.name}: entry {int(zero[0])} has length 0")
+        self.count("entries_walked", n)
+        self._cache(int(length.sum()))
+        cmo = int(self._roundup_io(length).sum()) if self.p.entitlement is not None else 0
+        if not self._cmo_alloc(cmo):
+            raise DmaMappingError(
+                "EIO", f"{self.name}: vio_cmo_alloc of {cmo} bytes failed (-ENOMEM: "
+                f"{self.p.entitlement} entitled, {self.cmo_allocated} allocated); "
+                "vio_dma_iommu_map_sg returns 0, reported as -EIO")
+        if self.p.bypass == "whole" and not self.p.force and \
+                int((addr + length - _U64(1)).max()) <= dma_limit(dev):
+            return addr.copy(), length.copy(), _SgCookie(np.zeros(n, bool))
+        try:
+            if self.p.merge == "dma_contig":
+                out = self._map_sg_contig(dev, addr, length)
+            else:
+                out = self._map_sg_chunks(dev, addr, length, self._chunks(dev, addr, length))
+        except DmaMappingError:
+            self._cmo_dealloc(cmo)
+            raise
+        dma, dlen, tr = out
+        if cmo:
+            used = int(self._roundup_io(dlen[tr]).sum())
+            self._cmo_dealloc(cmo - used)
+        return dma, dlen, _SgCookie(tr)
+
+    def unmap_sg(self, dev: Any, dma_addr: np.ndarray, dma_len: np.ndarray, direction: str,
+                 cookie: Any) -> None:
+        """``unmap_sg``: walk the DMA list, free what lies in the aperture."""
+        check_direction(direction)
+        if direction in ("from_device", "bidirectional"):
+            self._cache(int(np.asarray(dma_len, dtype=np.uint64).sum()))
+        total = 0
+        for a, n in zip(np.asarray(dma_addr).tolist(), np.asarray(dma_len).tolist(),
+                        strict=True):
+            if self._translated(a):
+                self._unmap_seg(a, n)
+                total += n
+        if self.p.entitlement is not None:
+            self._cmo_dealloc(int(self._roundup_io(np.asarray(dma_len, np.uint64)).sum()))
+
+    # chunking (gart / parisc / ia64 / arm vmerge, alpha sg_classify, per-entry)
+    def _need(self, dev: Any, addr: np.ndarray, length: np.ndarray) -> np.ndarray:
+        if self.p.bypass != "per_entry" or self.p.force:
+            return np.ones(len(addr), dtype=bool)
+        return (addr + length - _U64(1)) > _U64(dma_limit(dev))
+
+    def _chunks(self, dev: Any, addr: np.ndarray, length: np.ndarray
+                ) -> list[tuple[int, int, bool]]:
+        """``(first, end, translate)`` runs of input entries that become one DMA segment."""
+        n = len(addr)
+        maxseg = int(getattr(dev, "max_seg_size", 65536))
+        io = _U64(self.p.io_page - 1)
+        merge = self.p.merge
+        need = self._need(dev, addr, length)
+        if merge == "none" or n == 1:
+            brk = np.ones(n, dtype=bool)
+        elif merge == "vmerge" and not self.p.iommu_merge:
+            brk = np.ones(n, dtype=bool)
+        elif merge == "vmerge":
+            end = addr + length
+            brk = np.ones(n, dtype=bool)
+            brk[1:] = ((addr[1:] & io) != 0) | ((end[:-1] & io) != 0) | ~need[1:] | ~need[:-1]
+        else:  # classify: physically adjacent, or page-aligned both sides (virt_ok)
+            end = addr + length
+            phys = addr[1:] == end[:-1]
+            virt = ((end[:-1] | addr[1:]) & io) == 0
+            brk = np.ones(n, dtype=bool)
+            brk[1:] = ~(phys | virt)
+        runs = np.flatnonzero(brk).tolist() + [n]
+        cs = np.concatenate(([0], np.cumsum(length.astype(np.int64))))
+        off0 = (addr & io).astype(np.int64) if self.p.size_counts_offset else None
+        out: list[tuple[int, int, bool]] = []
+        for a, b in zip(runs[:-1], runs[1:], strict=True):
+            pos = a
+            while pos < b:
+                budget = maxseg - (int(off0[pos]) if off0 is not None else 0)
+                j = int(np.searchsorted(cs, cs[pos] + budget, side="right")) - 1
+                j = min(max(j, pos + 1), b)
+                out.append((pos, j, bool(need[pos])))
+                pos = j
+        return out
+
+    def _map_sg_chunks(self, dev: Any, addr: np.ndarray, length: np.ndarray,
+                       chunks: Sequence[tuple[int, int, bool]], retried: bool = False):
+        io = self.p.io_page
+        k = len(chunks)
+        dma = np.empty(k, dtype=np.uint64)
+        dlen = np.empty(k, dtype=np.uint64)
+        tr = np.zeros(k, dtype=bool)
+        taken: list[tuple[int, int]] = []
+        for c, (a, b, translate) in enumerate(chunks):
+            seg_len = int(length[a:b].sum())
+            dlen[c] = seg_len
+            p0 = int(addr[a])
+            if not translate:
+                dma[c] = p0
+                continue
+            if self.p.merge == "classify":
+                contiguous = bool(np.all(addr[a + 1:b] == (addr + length)[a:b - 1]))
+                if contiguous and self._in_window(dev, p0, seg_len):
+                    dma[c] = p0 + self.p.window[0]
+                    continue
+            sa, sl = _coalesce(addr[a:b], length[a:b])
+            npages = int(iommu_num_pages(sa, sl, io).sum())
+            idx = self._alloc(dev, npages)
+            if idx < 0:
+                self._unwind(taken)
+                if "map_call" in self.p.flush:
+                    self.count("iotlb_flushes")
+                if self.p.retry_nonforce and not retried and (self.p.force or self.p.iommu_merge):
+                    per = [(i, i + 1, bool(x)) for i, x in
+                           enumerate(self._need_nonforce(dev, addr, length))]
+                    return self._map_sg_chunks(dev, addr, length, per, retried=True)
+                raise DmaMappingError(
+                    self.p.sg_errno, f"{self.name}: map_sg: no room for {npages} I/O pages "
+                    f"at DMA segment {c} (input entries {a}..{b - 1}); "
+                    f"{self.table.in_use()} of {self.p.entries} entries in use")
+            self._write_ptes(idx, sa, sl)
+            taken.append((idx, npages))
+            tr[c] = True
+            dma[c] = self.p.dma_base + (idx << self.p.io_page_shift) + (p0 & (io - 1))
+        if "map_call" in self.p.flush:
+            self.count("iotlb_flushes")
+        return dma, dlen, tr
+
+    def _need_nonforce(self, dev: Any, addr: np.ndarray, length: np.ndarray) -> np.ndarray:
+        # dma_map_sg_nonforce(): map only what the device cannot reach
+        return (addr + length - _U64(1)) > _U64(dma_limit(dev))
+
+    def _unwind(self, taken: Sequence[tuple[int, int]]) -> None:
+        for idx, npages in taken:
+            self._clear_ptes(idx, npages)
+            self._free(idx, npages)
+
+    def _map_sg_contig(self, dev: Any, addr: np.ndarray, length: np.ndarray):
+        """``ppc_iommu_map_sg`` / ``dma_4u_map_sg``: allocate per entry, merge contiguous."""
+        io = self.p.io_page
+        maxseg = int(getattr(dev, "max_seg_size", 65536))
+        boundary = self._boundary(dev)
+        shift = self.p.dma_base >> self.p.io_page_shift
+        npg = iommu_num_pages(addr, length, io).astype(np.int64)
+        dma_out: list[int] = []
+        len_out: list[int] = []
+        taken: list[tuple[int, int]] = []
+        handle = 0
+        dma_next = 0
+        out_entry = 0
+        for i in range(len(addr)):
+            a, n, np_i = int(addr[i]), int(length[i]), int(npg[i])
+            idx = self._alloc(dev, np_i, handle)
+            if idx < 0:
+                self._unwind(taken)
+                raise DmaMappingError(
+                    self.p.sg_errno, f"{self.name}: map_sg: iommu_alloc failed at entry {i} "
+                    f"({np_i} I/O pages); {self.table.in_use()} of {self.p.entries} in use")
+            handle = idx + np_i
+            self._write_ptes(idx, addr[i:i + 1], length[i:i + 1])
+            taken.append((idx, np_i))
+            d = self.p.dma_base + (idx << self.p.io_page_shift) + (a & (io - 1))
+            merge = bool(dma_out) and d == dma_next and len_out[-1] + n <= maxseg
+            if merge and self.p.merge_boundary:
+                nr = int(iommu_num_pages(dma_out[-1], len_out[-1] + n, io))
+                merge = not iommu_is_span_boundary(out_entry, nr, shift, boundary)
+            if merge:
+                len_out[-1] += n
+            else:
+                dma_out.append(d)
+                len_out.append(n)
+                out_entry = idx
+            dma_next = d + n
+        if "map_call" in self.p.flush:
+            self.count("iotlb_flushes")
+        k = len(dma_out)
+        return (np.array(dma_out, np.uint64), np.array(len_out, np.uint64),
+                np.ones(k, dtype=bool))
+
+    # -- limits ---------------------------------------------------------------------------
+    def dma_supported(self, dev: Any, mask: int) -> bool:
+        """The table's window must fit in ``mask`` (sparc: ``dma_addr_mask`` check)."""
+        return self.aperture[0] <= mask
+
+    def get_merge_boundary(self, dev: Any) -> int:
+        """Tables that merge across pages report their I/O page size."""
+        return self.p.io_page if self.p.merge in ("vmerge", "classify") else 0
+
+
+def _row_params(tp: TableParams) -> dict[str, Any]:
+    """The fields of ``tp`` that differ from the defaults, as plain values for the catalogue."""
+    default = TableParams()
+    out: dict[str, Any] = {}
+    for name in TableParams.__dataclass_fields__:
+        v = getattr(tp, name)
+        if v != getattr(default, name):
+            out[name] = sorted(v) if isinstance(v, frozenset) else v
+    return out
+
+
+def _factory(entry: OpsEntry, **params: Any) -> TableOps:
+    return TableOps(entry, **params)
+
+
+_OVERRIDES: dict[str, dict[str, Any]] = {
+    name: {"params": _row_params(tp)} for name, tp in ROW_PARAMS.items()
+}
+_OVERRIDES["gart_dma_ops"]["notes"] = (
+    "GATT aperture; maps only what the device cannot reach unless forced; merges page-"
+    "aligned neighbours only with iommu=merge (iommu_merge, default 0); flushes the GART "
+    "after every map (iommu_fullflush = 1); 32 EMERGENCY_PAGES reserved")
+_OVERRIDES["vio_dma_mapping_ops"]["notes"] = (
+    "TCE table + CMO entitlement: map_page beyond the entitlement fails (vio_cmo_alloc "
+    "-ENOMEM); map_sg then returns 0, reported as -EIO")
+register_family("single_level", _factory, overrides=_OVERRIDES)
