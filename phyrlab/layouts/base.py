@@ -1,0 +1,289 @@
+"""The range-list protocol every layout offers, and the array helpers behind it.
+
+A *layout* is how a list of physical ranges is stored (``struct scatterlist``, ``bio_vec``, a
+page array...). Nothing outside :mod:`phyrlab.layouts` looks at a layout's fields: a DMA backend
+asks for :meth:`Layout.ranges` or :meth:`Layout.segments` and never learns which layout it was
+given. That is the non-leaky API the phyr discussion asks for.
+
+``ranges()`` is canonical: neighbouring entries that are physically contiguous are merged, so
+every layout describing the same memory returns identical arrays, however it stores them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import RangeError
+from ..units import PAGE_SHIFT, PAGE_SIZE, U64_MAX
+
+U64 = np.uint64
+#: page-aligned largest chunk a 32-bit length field holds (``SCATTERLIST_MAX_SEGMENT``).
+MAX_U32_CHUNK = 0xFFFF_F000
+
+
+# --------------------------------------------------------------------------- validation
+def as_u64(name: str, values: Any) -> np.ndarray:
+    """``values`` as a 1-D uint64 array; integers only, never negative (else ``RangeError``)."""
+    arr = np.asarray(values)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise RangeError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype == np.uint64:
+        return arr
+    if arr.size == 0:
+        return arr.astype(U64)
+    if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
+        raise RangeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if arr.dtype.kind == "i":
+        bad = np.flatnonzero(arr < 0)
+        if bad.size:
+            i = int(bad[0])
+            raise RangeError(f"{name}[{i}] = {int(arr[i])} is negative")
+    return arr.astype(U64)
+
+
+def check_ranges(addr: Any, length: Any, *, overlap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a physical range list and return it as uint64 arrays.
+
+    Refuses a zero length, a range whose end passes 2^64, and (unless ``overlap``) two ranges
+    that share a byte: a range list describes each byte of memory at most once.
+    """
+    addr = as_u64("addr", addr)
+    length = as_u64("length", length)
+    if addr.shape != length.shape:
+        raise RangeError(f"addr has {addr.size} entries but length has {length.size}")
+    zero = np.flatnonzero(length == 0)
+    if zero.size:
+        i = int(zero[0])
+        raise RangeError(f"length[{i}] is zero (range at addr {int(addr[i]):#x})")
+    # addr + length <= 2**64  <=>  length - 1 <= ~addr
+    over = np.flatnonzero((length - U64(1)) > ~addr)
+    if over.size:
+        i = int(over[0])
+        raise RangeError(
+            f"range {i} (addr {int(addr[i]):#x}, length {int(length[i]):#x}) ends past 2^64"
+        )
+    if not overlap and addr.size > 1:
+        _check_no_overlap(addr, length)
+    return addr, length
+
+
+def _check_no_overlap(addr: np.ndarray, length: np.ndarray) -> None:
+    nxt, cur, clen = addr[1:], addr[:-1], length[:-1]
+    if np.all(nxt >= cur) and np.all(nxt - cur >= clen):
+        return
+    order = np.argsort(addr, kind="stable")
+    sa, sl = addr[order], length[order]
+    bad = np.flatnonzero(sa[1:] - sa[:-1] < sl[:-1])
+    if bad.size:
+        k = int(bad[0])
+        i, j = sorted((int(order[k]), int(order[k + 1])))
+        raise RangeError(
+            f"ranges {i} (addr {int(addr[i]):#x}, length {int(length[i]):#x}) and "
+            f"{j} (addr {int(addr[j]):#x}, length {int(length[j]):#x}) overlap"
+        )
+
+
+def check_pages(pfns: Any, offset: int, size: int | None, page_size: int = PAGE_SIZE
+                ) -> tuple[np.ndarray, int, int]:
+    """Validate ``(pfns, offset, size)`` as ``sg_alloc_table_from_pages`` takes them."""
+    arr = np.asarray(pfns)
+    if arr.ndim != 1:
+        raise RangeError(f"pfns must be one-dimensional, got shape {arr.shape}")
+    if arr.size and (arr.dtype.kind not in "iu" or arr.dtype == np.bool_):
+        raise RangeError(f"pfns must be an integer (PFN) array, got dtype {arr.dtype}")
+    pfns = as_u64("pfns", arr)
+    n = pfns.size
+    if n == 0:
+        raise RangeError("pfns is empty: a range list needs at least one page")
+    offset = int(offset)
+    if not 0 <= offset < page_size:
+        raise RangeError(f"offset {offset} is beyond the first page (page size {page_size})")
+    room = n * page_size - offset
+    size = room if size is None else int(size)
+    if size <= 0:
+        raise RangeError(f"size {size} must be positive")
+    if size > room:
+        raise RangeError(f"size {size} needs more than the {n} pages given (room {room} bytes)")
+    if size <= room - page_size:
+        raise RangeError(f"size {size} leaves page {n - 1} unused: pass only the pages it covers")
+    top = np.flatnonzero(pfns > U64((U64_MAX >> PAGE_SHIFT)))
+    if top.size:
+        i = int(top[0])
+        raise RangeError(f"pfns[{i}] = {int(pfns[i]):#x} is beyond a 64-bit physical address")
+    return pfns, offset, size
+
+
+# --------------------------------------------------------------------------- array helpers
+def merge_ranges(addr: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge neighbours that are physically contiguous (``addr[i] + len[i] == addr[i+1]``)."""
+    if addr.size <= 1:
+        return addr.copy(), length.copy()
+    joins = (addr[1:] - addr[:-1]) == length[:-1]
+    if not joins.any():
+        return addr.copy(), length.copy()
+    starts = np.flatnonzero(np.concatenate(([True], ~joins)))
+    ends = np.concatenate((starts[1:], [addr.size])) - 1
+    new_len = (addr[ends] - addr[starts]) + length[ends]
+    return addr[starts], new_len
+
+
+def split_ranges(addr: np.ndarray, length: np.ndarray, first: np.ndarray | int, step: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each range into a first piece of ``first`` bytes, then pieces of ``step`` bytes.
+
+    ``first`` may be per range (e.g. the distance to the next boundary); pieces never exceed
+    what is left of the range.
+    """
+    first = np.minimum(np.broadcast_to(U64(first) if np.isscalar(first) else first,
+                                       length.shape), length)
+    rest = length - first
+    step_u = U64(step)
+    counts = (1 + (rest + step_u - U64(1)) // step_u).astype(np.intp)
+    if np.all(counts == 1):
+        return addr.copy(), length.copy()
+    total = int(counts.sum())
+    idx = np.repeat(np.arange(addr.size), counts)
+    start_of = np.cumsum(counts) - counts
+    k = (np.arange(total) - np.repeat(start_of, counts)).astype(U64)
+    a = addr[idx]
+    f = first[idx]
+    # piece 0 starts at addr; piece k>=1 at addr + first + (k-1)*step
+    off = np.where(k == 0, U64(0), f + (k - U64(1)) * step_u)
+    end = length[idx]
+    piece = np.where(k == 0, f, np.minimum(step_u, end - off))
+    return a + off, piece
+
+
+def split_segments(addr: np.ndarray, length: np.ndarray, max_seg: int, boundary: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Split ranges so that none exceeds ``max_seg`` or crosses a ``boundary + 1`` line.
+
+    What the block layer's ``blk_rq_map_sg`` / ``get_max_segment_size`` does for a device with
+    ``max_segment_size`` and ``segment_boundary_mask``.
+    """
+    max_seg = int(max_seg)
+    boundary = int(boundary)
+    if max_seg <= 0:
+        raise RangeError(f"max_seg {max_seg} must be positive")
+    if boundary < 0 or boundary > U64_MAX or (boundary & (boundary + 1)):
+        raise RangeError(f"boundary {boundary:#x} must be a mask of the form 2^n - 1")
+    if boundary != U64_MAX:
+        window = boundary + 1
+        if window < PAGE_SIZE:
+            raise RangeError(f"boundary {boundary:#x} is smaller than a page")
+        first = U64(window) - (addr & U64(boundary))
+        addr, length = split_ranges(addr, length, first, window)
+    if max_seg < U64_MAX:
+        addr, length = split_ranges(addr, length, max_seg, max_seg)
+    return addr, length
+
+
+def pages_to_ranges(pfns: np.ndarray, offset: int, size: int, page_size: int = PAGE_SIZE
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Merged physical ranges of validated ``(pfns, offset, size)`` (runs of consecutive PFNs)."""
+    n = pfns.size
+    if n > 1:
+        breaks = np.flatnonzero(pfns[1:] - pfns[:-1] != U64(1)) + 1
+    else:
+        breaks = np.empty(0, dtype=np.intp)
+    starts = np.concatenate(([0], breaks))
+    pages = np.diff(np.concatenate((starts, [n]))).astype(U64)
+    ps = U64(page_size)
+    addr = pfns[starts] * U64(PAGE_SIZE)
+    length = pages * ps
+    addr[0] += U64(offset)
+    length[0] -= U64(offset)
+    tail = n * page_size - offset - size
+    length[-1] -= U64(tail)
+    return addr, length
+
+
+def page_pointer(pfns: np.ndarray) -> np.ndarray:
+    """``struct page *`` of each PFN in the x86-64 vmemmap (``pfn_to_page``: 64-byte pages)."""
+    return U64(VMEMMAP_START) + pfns * U64(STRUCT_PAGE_SIZE)
+
+
+def pointer_pfn(ptrs: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`page_pointer` (``page_to_pfn``)."""
+    return (ptrs - U64(VMEMMAP_START)) // U64(STRUCT_PAGE_SIZE)
+
+
+#: x86-64 ``VMEMMAP_START`` with 4-level paging (Documentation/arch/x86/x86_64/mm.rst).
+VMEMMAP_START = 0xFFFF_EA00_0000_0000
+#: ``sizeof(struct page)`` on 64-bit.
+STRUCT_PAGE_SIZE = 64
+
+
+# --------------------------------------------------------------------------- the protocol
+class Layout:
+    """One way to store a physical range list; see the module docstring for the protocol."""
+
+    name: ClassVar[str]
+    #: bytes of one entry, as ``sizeof`` the C struct.
+    entry_size: ClassVar[int]
+    #: bytes of the header that holds the list (e.g. ``struct sg_table``), 0 if none.
+    header_size: ClassVar[int] = 0
+    #: the C struct the entries mirror, for labels.
+    c_struct: ClassVar[str]
+
+    @classmethod
+    def from_ranges(cls, addr: Any, length: Any) -> Layout:
+        """Build from arrays of physical address and length in bytes."""
+        a, n = check_ranges(addr, length)
+        return cls._build(a, n)
+
+    @classmethod
+    def from_pages(cls, pfns: Any, offset: int = 0, size: int | None = None) -> Layout:
+        """Build from a page-frame array, first-page ``offset`` and ``size`` bytes in all."""
+        p, off, sz = check_pages(pfns, offset, size)
+        return cls._build(*pages_to_ranges(p, off, sz))
+
+    @classmethod
+    def _build(cls, addr: np.ndarray, length: np.ndarray) -> Layout:
+        raise NotImplementedError
+
+    def _entry_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ranges of the stored entries, one per entry, unmerged."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of storage: entries (with the C struct's padding) plus the header."""
+        return self.header_size + len(self) * self.entry_size
+
+    @property
+    def total_length(self) -> int:
+        """Bytes of memory described."""
+        return int(self._entry_ranges()[1].sum(dtype=U64))
+
+    def ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """The physical ranges ``(addr, length)`` in order, contiguous neighbours merged."""
+        return merge_ranges(*self._entry_ranges())
+
+    def segments(self, max_seg: int = U64_MAX, boundary: int = U64_MAX
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """The same memory split as a device with these limits needs it."""
+        return split_segments(*self.ranges(), max_seg, boundary)
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {len(self)} entries, {self.nbytes} bytes, "
+                f"{self.total_length} bytes described>")
+
+
+def as_ranges(x: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(addr, length)`` uint64 arrays of a layout, an object with ``.ranges()``, or a pair.
+
+    A pair is validated like :meth:`Layout.from_ranges` (zero length, overflow, overlap).
+    """
+    if hasattr(x, "ranges"):
+        return x.ranges()
+    if isinstance(x, tuple) and len(x) == 2:
+        return check_ranges(*x)
+    raise TypeError(f"expected a layout or an (addr, length) pair, got {type(x).__name__}")

@@ -1,0 +1,205 @@
+"""``struct scatterlist`` in a ``struct sg_table`` (include/linux/scatterlist.h, lib/scatterlist.c).
+
+``struct scatterlist`` on 64-bit with ``CONFIG_NEED_SG_DMA_LENGTH``: ``unsigned long page_link;
+unsigned int offset, length; dma_addr_t dma_address; unsigned int dma_length, dma_flags;`` - 32
+bytes. ``page_link`` holds the ``struct page *`` (vmemmap address) with ``SG_CHAIN`` (0x01) and
+``SG_END`` (0x02) in its low bits. ``struct sg_table`` (``sgl, nents, orig_nents``) is 16 bytes.
+
+Chaining as ``__sg_alloc_table`` / ``get_next_sg`` do it: a list of more than
+``SG_MAX_SINGLE_ALLOC`` (128) entries is built of chunks of 128 entries whose last entry is a
+chain link, so each full chunk holds 127 data entries; the last chunk holds what is left
+(at most 128). ``entries`` holds every allocated entry, chain links included.
+Simplification: a chain link stores the next chunk's index (``<< 12``) in place of its address.
+
+This is the layout that does not split CPU and DMA: mapping it the old way writes
+``dma_address``/``dma_length`` into its own entries (:meth:`SgTable.set_dma`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import RangeError
+from ..units import PAGE_SHIFT, PAGE_SIZE, UINT_MAX, align_down
+from .base import (
+    MAX_U32_CHUNK,
+    U64,
+    Layout,
+    check_pages,
+    page_pointer,
+    pointer_pfn,
+    split_ranges,
+)
+
+SCATTERLIST_DTYPE = np.dtype([
+    ("page_link", "<u8"), ("offset", "<u4"), ("length", "<u4"),
+    ("dma_address", "<u8"), ("dma_length", "<u4"), ("dma_flags", "<u4"),
+])
+SG_TABLE_SIZE = 16
+SG_CHAIN = 0x01
+SG_END = 0x02
+SG_PAGE_LINK_MASK = SG_CHAIN | SG_END
+#: ``PAGE_SIZE / sizeof(struct scatterlist)``
+SG_MAX_SINGLE_ALLOC = PAGE_SIZE // SCATTERLIST_DTYPE.itemsize
+#: ``UINT_MAX & PAGE_MASK``
+SCATTERLIST_MAX_SEGMENT = MAX_U32_CHUNK
+
+#: kmalloc size classes (mm/slab_common.c ``kmalloc_info``) up to a page.
+_KMALLOC_SIZES = np.array([8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096])
+
+
+def sg_chunks(nents: int) -> list[int]:
+    """Entries allocated per chunk for ``nents`` data entries (``__sg_alloc_table``)."""
+    if nents <= 0:
+        return []
+    chunks = []
+    left = nents
+    while left > SG_MAX_SINGLE_ALLOC:
+        chunks.append(SG_MAX_SINGLE_ALLOC)
+        left -= SG_MAX_SINGLE_ALLOC - 1
+    chunks.append(left)
+    return chunks
+
+
+def sg_kmalloc_bytes(alloc_size: int) -> int:
+    """Bytes ``sg_kmalloc`` really takes for a chunk: a page for 128 entries, else kmalloc."""
+    if alloc_size == SG_MAX_SINGLE_ALLOC:
+        return PAGE_SIZE
+    want = alloc_size * SCATTERLIST_DTYPE.itemsize
+    return int(_KMALLOC_SIZES[np.searchsorted(_KMALLOC_SIZES, want)])
+
+
+class SgTable(Layout):
+    """A ``struct sg_table`` and its chained ``struct scatterlist`` chunks."""
+
+    name: ClassVar[str] = "scatterlist"
+    c_struct: ClassVar[str] = "struct scatterlist"
+    dtype: ClassVar[np.dtype] = SCATTERLIST_DTYPE
+    entry_size: ClassVar[int] = SCATTERLIST_DTYPE.itemsize
+    header_size: ClassVar[int] = SG_TABLE_SIZE
+
+    def __init__(self, entries: np.ndarray, orig_nents: int):
+        self.entries = entries
+        self.orig_nents = orig_nents
+        #: entries the DMA mapping produced (== orig_nents until mapped, as the kernel keeps it).
+        self.nents = orig_nents
+
+    # -- construction
+    @classmethod
+    def _build(cls, addr: np.ndarray, length: np.ndarray) -> SgTable:
+        addr, length = split_ranges(addr, length, SCATTERLIST_MAX_SEGMENT, SCATTERLIST_MAX_SEGMENT)
+        return cls._from_entries(addr, length)
+
+    @classmethod
+    def _from_entries(cls, addr: np.ndarray, length: np.ndarray) -> SgTable:
+        n = addr.size
+        chunks = sg_chunks(n)
+        total = n + len(chunks) - 1
+        entries = np.zeros(total, dtype=cls.dtype)
+        data = _data_mask(chunks, total)
+        link = page_pointer(addr >> U64(PAGE_SHIFT))
+        link[-1] |= U64(SG_END)
+        entries["page_link"][data] = link
+        entries["offset"][data] = addr & U64(PAGE_SIZE - 1)
+        entries["length"][data] = length
+        chain_at = np.flatnonzero(~data)
+        entries["page_link"][chain_at] = (
+            (np.arange(1, chain_at.size + 1, dtype=U64) << U64(12)) | U64(SG_CHAIN))
+        return cls(entries, n)
+
+    @classmethod
+    def from_pages(cls, pfns: Any, offset: int = 0, size: int | None = None) -> SgTable:
+        """``sg_alloc_table_from_pages``: consecutive pages merged up to ``SCATTERLIST_MAX_SEGMENT``."""
+        return sg_alloc_table_from_pages(pfns, offset, size, SCATTERLIST_MAX_SEGMENT)
+
+    # -- the protocol
+    def __len__(self) -> int:
+        return self.entries.size
+
+    @property
+    def chunks(self) -> list[int]:
+        """Entries allocated per chunk, chain links included."""
+        return sg_chunks(self.orig_nents)
+
+    @property
+    def alloc_bytes(self) -> int:
+        """Bytes the kernel's allocators really hand out: each chunk rounded to its slab size."""
+        return SG_TABLE_SIZE + sum(sg_kmalloc_bytes(c) for c in self.chunks)
+
+    def _data(self) -> np.ndarray:
+        return self.entries[(self.entries["page_link"] & U64(SG_CHAIN)) == 0]
+
+    def _entry_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        d = self._data()
+        pfn = pointer_pfn(d["page_link"] & ~U64(SG_PAGE_LINK_MASK))
+        return (pfn << U64(PAGE_SHIFT)) + d["offset"].astype(U64), d["length"].astype(U64)
+
+    # -- the old, combined DMA style
+    def set_dma(self, dma_addr: np.ndarray, dma_len: np.ndarray) -> None:
+        """Write a mapping's result into the first entries, as ``dma_map_sg`` does; set ``nents``."""
+        dma_addr = np.asarray(dma_addr, dtype=U64)
+        dma_len = np.asarray(dma_len, dtype=U64)
+        n = dma_addr.size
+        if n > self.orig_nents:
+            raise RangeError(f"{n} DMA segments do not fit in {self.orig_nents} entries")
+        if n and int(dma_len.max()) > UINT_MAX:
+            raise RangeError(f"dma_length {int(dma_len.max()):#x} does not fit in 32 bits")
+        data = np.flatnonzero((self.entries["page_link"] & U64(SG_CHAIN)) == 0)
+        self.entries["dma_address"][data] = 0
+        self.entries["dma_length"][data] = 0
+        self.entries["dma_address"][data[:n]] = dma_addr
+        self.entries["dma_length"][data[:n]] = dma_len
+        self.nents = n
+
+    def dma_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(sg_dma_address, sg_dma_len)`` of the ``nents`` mapped entries."""
+        d = self._data()[: self.nents]
+        return d["dma_address"].copy(), d["dma_length"].astype(U64)
+
+
+def _data_mask(chunks: list[int], total: int) -> np.ndarray:
+    mask = np.ones(total, dtype=bool)
+    ends = np.cumsum(chunks)[:-1] - 1  # last entry of every chunk but the final one
+    mask[ends] = False
+    return mask
+
+
+def sg_alloc_table_from_pages(pfns: Any, offset: int = 0, size: int | None = None,
+                              max_segment: int = SCATTERLIST_MAX_SEGMENT) -> SgTable:
+    """``sg_alloc_table_from_pages_segment`` (lib/scatterlist.c).
+
+    Pages with consecutive PFNs are merged into one entry, but a chunk never holds more than
+    ``max_segment`` bytes of pages; ``max_segment`` is first rounded down to a page, and below a
+    page it is -EINVAL (``ValueError``). ``offset`` applies to the first page; ``size`` bytes are
+    described in all. Simplification: the append form (``sg_alloc_append_table_from_pages``
+    with a previous table) and the ZONE_DEVICE pgmap check of ``pages_are_mergeable`` are left out.
+    """
+    max_segment = align_down(int(max_segment), PAGE_SIZE)
+    if max_segment < PAGE_SIZE:
+        raise RangeError(f"-EINVAL: max_segment {max_segment:#x} is below a page ({PAGE_SIZE})")
+    pfns, offset, size = check_pages(pfns, offset, size)
+    n = pfns.size
+    max_pages = max_segment // PAGE_SIZE
+    if n > 1:
+        breaks = np.flatnonzero(pfns[1:] - pfns[:-1] != U64(1)) + 1
+    else:
+        breaks = np.empty(0, dtype=np.intp)
+    run_start = np.concatenate(([0], breaks))
+    run_pages = np.diff(np.concatenate((run_start, [n])))
+    # a run of L pages becomes ceil(L / max_pages) chunks of max_pages pages from its start
+    per_run = -(-run_pages // max_pages)
+    if np.all(per_run == 1):
+        first_page, chunk_pages = run_start, run_pages
+    else:
+        idx = np.repeat(np.arange(run_start.size), per_run)
+        k = np.arange(idx.size) - np.repeat(np.cumsum(per_run) - per_run, per_run)
+        first_page = run_start[idx] + k * max_pages
+        chunk_pages = np.minimum(max_pages, run_pages[idx] - k * max_pages)
+    addr = pfns[first_page] << U64(PAGE_SHIFT)
+    length = chunk_pages.astype(U64) << U64(PAGE_SHIFT)
+    addr[0] += U64(offset)
+    length[0] -= U64(offset)
+    length[-1] -= U64(n * PAGE_SIZE - offset - size)
+    return SgTable._from_entries(addr, length)
