@@ -1,0 +1,181 @@
+"""dma-direct: the path of a device with no ``dma_map_ops`` (kernel/dma/direct.c, direct.h).
+
+Mirrors ``dma_direct_map_page`` / ``dma_direct_unmap_page`` (kernel/dma/direct.h),
+``dma_direct_map_sg`` / ``dma_direct_unmap_sg``, ``dma_direct_sync_single_for_{cpu,device}``
+and ``dma_direct_max_mapping_size`` (kernel/dma/direct.c), read at the stored versions:
+
+- the DMA address is ``phys_to_dma(dev, phys)`` (``dma_range_map`` offsets, else identity);
+- bounce through swiotlb when ``is_swiotlb_force_bounce(dev)`` or when ``dma_capable()``
+  fails (``addr + size - 1 > min_not_zero(dma_mask, bus_dma_limit)``, or no
+  ``dma_range_map`` region holds the address) and the device has a swiotlb pool;
+- not capable and no swiotlb: "DMA addr %pad+%zu overflow (mask %llx, bus limit %llx)." and
+  ``DMA_MAPPING_ERROR`` (``-ENOMEM`` from ``dma_mapping_error``); ``dma_direct_map_sg``
+  unmaps what it mapped and returns ``-EIO``;
+- non-coherent devices: ``arch_sync_dma_for_device`` on every byte mapped (counted as
+  ``cache_maint_bytes``).
+Simplified: no P2P (``pci_p2pdma_map_segment``), no memory-encryption bit; the capable check
+and address translation are vectorised over the list, bouncing is per entry as in the kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from phyrlab.dma.ops import DmaMapOps, SgCookie, check_direction, dma_limit, register_family
+from phyrlab.dma.swiotlb import (
+    dma_capable,
+    is_swiotlb_active,
+    is_swiotlb_force_bounce,
+    swiotlb_map,
+    swiotlb_max_mapping_size,
+)
+from phyrlab.errors import DmaMappingError
+from phyrlab.units import DMA_MAPPING_ERROR, U64_MAX
+
+U64 = np.uint64
+
+
+def dma_capable_array(dev, dma_addr: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """``dma_capable`` of every (address, size) pair, without uint64 wrap-around."""
+    dma_addr = np.asarray(dma_addr, dtype=U64)
+    size = np.asarray(size, dtype=U64)
+    limit = U64(dma_limit(dev))
+    # end = addr + size - 1 <= limit  <=>  size - 1 <= limit - addr  (when addr <= limit)
+    return (dma_addr != U64(DMA_MAPPING_ERROR)) & (dma_addr <= limit) & (
+        size - U64(1) <= limit - np.minimum(dma_addr, limit))
+
+
+class DmaDirect(DmaMapOps):
+    """dma-direct with swiotlb (kernel/dma/direct.c): ``dev->dma_ops == NULL``."""
+
+    name = "dma_direct"
+    file = "kernel/dma/direct.c"
+    family = "direct"
+
+    def map_phys(self, dev, paddr: int, size: int, direction: str) -> int:
+        """``dma_direct_map_page`` (``dma_direct_map_phys`` in later kernels)."""
+        check_direction(direction)
+        dma_addr = dev.phys_to_dma(paddr)
+        if is_swiotlb_force_bounce(dev):
+            return self._bounce(dev, paddr, size, direction)
+        if not dma_capable(dev, dma_addr, size, True):
+            if is_swiotlb_active(dev):
+                return self._bounce(dev, paddr, size, direction)
+            raise DmaMappingError("ENOMEM", self._overflow(dev, dma_addr, size))
+        if not dev.coherent:
+            self.count("cache_maint_bytes", size)
+        return dma_addr
+
+    def _bounce(self, dev, paddr: int, size: int, direction: str) -> int:
+        dma_addr = swiotlb_map(dev, paddr, size, direction)
+        if not dev.coherent:
+            self.count("cache_maint_bytes", size)
+        return dma_addr
+
+    @staticmethod
+    def _overflow(dev, dma_addr: int, size: int) -> str:
+        return (f"{dev.name}: DMA addr {dma_addr:#x}+{size} overflow (mask {dev.dma_mask:#x}, "
+                f"bus limit {dev.bus_dma_limit:#x}).")
+
+    def unmap_phys(self, dev, dma_addr: int, size: int, direction: str) -> None:
+        """``dma_direct_unmap_page``: sync for the CPU, release a bounce buffer."""
+        check_direction(direction)
+        phys = dev.dma_to_phys(dma_addr)
+        if not dev.coherent:
+            self.count("cache_maint_bytes", size)
+        mem = dev.dma_io_tlb_mem if dev.has_io_tlb_mem() else None
+        if mem is not None and mem.is_swiotlb_buffer(phys):
+            mem.tbl_unmap_single(dev, phys, size, direction)
+
+    def map_sg(self, dev, addr: np.ndarray, length: np.ndarray, direction: str
+               ) -> tuple[np.ndarray, np.ndarray, Any]:
+        """``dma_direct_map_sg``: one DMA entry per input entry; -EIO after unwinding."""
+        check_direction(direction)
+        addr = np.asarray(addr, dtype=U64)
+        length = np.asarray(length, dtype=U64)
+        self.count("entries_walked", len(addr))
+        dma = dev.phys_to_dma_array(addr)
+        if is_swiotlb_force_bounce(dev):
+            need = np.ones(len(addr), dtype=bool)
+        else:
+            need = ~dma_capable_array(dev, dma, length)
+        out = dma.copy() if (need.any() or dma is addr) else dma
+        if need.any():
+            idx = np.flatnonzero(need)
+            if not is_swiotlb_active(dev):
+                i = int(idx[0])
+                raise DmaMappingError("EIO", f"entry {i}: " + self._overflow(
+                    dev, int(dma[i]), int(length[i])))
+            done = []
+            for i in idx.tolist():
+                try:
+                    out[i] = swiotlb_map(dev, int(addr[i]), int(length[i]), direction)
+                except DmaMappingError as exc:
+                    mem = dev.dma_io_tlb_mem
+                    for j in done:  # dma_direct_unmap_sg(..., DMA_ATTR_SKIP_CPU_SYNC)
+                        mem.tbl_unmap_single(dev, dev.dma_to_phys(int(out[j])), int(length[j]),
+                                             direction, skip_cpu_sync=True)
+                    raise DmaMappingError("EIO", f"entry {i}: {exc}") from exc
+                done.append(i)
+        if not dev.coherent:
+            self.count("cache_maint_bytes", int(length.sum(dtype=U64)))
+        return out, length.copy(), SgCookie(bounced=need)
+
+    def unmap_sg(self, dev, dma_addr: np.ndarray, dma_len: np.ndarray, direction: str,
+                 cookie: Any) -> None:
+        """``dma_direct_unmap_sg``: release the bounce buffers, sync non-coherent memory."""
+        check_direction(direction)
+        if not dev.coherent:
+            self.count("cache_maint_bytes", int(np.asarray(dma_len).sum(dtype=U64)))
+        if not dev.has_io_tlb_mem():
+            return
+        mem = dev.dma_io_tlb_mem
+        phys = dev.dma_to_phys_array(dma_addr)
+        for i in np.flatnonzero(mem.is_swiotlb_buffer_array(phys)).tolist():
+            mem.tbl_unmap_single(dev, int(phys[i]), int(dma_len[i]), direction)
+
+    def _sync(self, dev, dma_addr, dma_len, direction, for_cpu: bool) -> int:
+        check_direction(direction)
+        dma_addr = np.atleast_1d(np.asarray(dma_addr, dtype=U64))
+        dma_len = np.atleast_1d(np.asarray(dma_len, dtype=U64))
+        if not dev.coherent:
+            self.count("cache_maint_bytes", int(dma_len.sum(dtype=U64)))
+        if not dev.has_io_tlb_mem():
+            return 0
+        mem = dev.dma_io_tlb_mem
+        phys = dev.dma_to_phys_array(dma_addr)
+        copied = 0
+        for i in np.flatnonzero(mem.is_swiotlb_buffer_array(phys)).tolist():
+            fn = mem.sync_single_for_cpu if for_cpu else mem.sync_single_for_device
+            copied += fn(dev, int(phys[i]), int(dma_len[i]), direction)
+        return copied
+
+    def sync_for_cpu(self, dev, dma_addr, dma_len, direction) -> int:
+        """``dma_direct_sync_single_for_cpu`` / ``dma_direct_sync_sg_for_cpu``."""
+        return self._sync(dev, dma_addr, dma_len, direction, True)
+
+    def sync_for_device(self, dev, dma_addr, dma_len, direction) -> int:
+        """``dma_direct_sync_single_for_device`` / ``dma_direct_sync_sg_for_device``."""
+        return self._sync(dev, dma_addr, dma_len, direction, False)
+
+    def bounced_mask(self, dev, dma_addr: np.ndarray, dma_len: np.ndarray) -> np.ndarray:
+        """``is_swiotlb_buffer(dma_to_phys(addr))`` of every entry."""
+        if not dev.has_io_tlb_mem():
+            return np.zeros(len(dma_addr), dtype=bool)
+        return dev.dma_io_tlb_mem.is_swiotlb_buffer_array(dev.dma_to_phys_array(dma_addr))
+
+    def max_mapping_size(self, dev) -> int:
+        """``dma_direct_max_mapping_size``: the swiotlb limit if it may have to bounce."""
+        if is_swiotlb_active(dev) and (dev.dma_addressing_limited()
+                                       or is_swiotlb_force_bounce(dev)):
+            return swiotlb_max_mapping_size(dev)
+        return U64_MAX
+
+
+def _factory(entry, **params) -> DmaDirect:
+    return DmaDirect(entry, **params)
+
+
+register_family("direct", _factory)

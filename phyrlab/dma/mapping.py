@@ -1,0 +1,304 @@
+"""The DMA API (kernel/dma/mapping.c): map any layout, get a new DMA-side list back.
+
+``dma_map(dev, ranges, direction)`` mirrors ``dma_map_sgtable``/``__dma_map_sg_attrs``
+(kernel/dma/mapping.c) with the CPU/DMA split the phyr discussion asks for: the input is any
+layout (through ``phyrlab.layouts.as_ranges``) and is never written; the result is a new
+:class:`DmaList`. Before the backend sees it, the list is cut into the device's segments
+(``max_seg_size``, ``seg_boundary_mask``) as the block layer's ``blk_rq_map_sg`` does for a
+request. Backends without ``map_sg`` (``ps3_ioc0_dma_ops``, ``vduse_dev_dma_ops``: v6.2 has
+none) are mapped range by range through ``map_phys``, which only a layout-independent API
+can do; such a list has ``per_range=True``.
+
+``dma_map_sgtable(dev, sgt, dir)`` is the old way: it writes ``dma_address``/``dma_length``
+into the scatterlist's own entries (``SgTable.set_dma``), mapping the table's entries as
+they are (``dma_map_sg`` does not split), so the two styles can be compared.
+Errors: ``__dma_map_sg_attrs`` passes on ``-EINVAL``, ``-ENOMEM``, ``-EIO``, ``-EREMOTEIO``
+from the backend (raised here as :class:`DmaMappingError`); ``dma_map_phys`` failures are
+what ``dma_mapping_error()`` reports, ``-ENOMEM``. Nothing is held after a failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from phyrlab.dma.ops import DmaStats, check_direction
+from phyrlab.errors import DmaMappingError, RangeError
+from phyrlab.units import DMA_MAPPING_ERROR, U64_MAX
+
+U64 = np.uint64
+
+
+@dataclass(eq=False)
+class DmaList:
+    """A DMA-side range list: what the device is given. The CPU-side list is untouched.
+
+    ``bounced[i]``: entry ``i`` points into a bounce buffer; ``bus_addr[i]``: a P2P bus
+    address (never set by the core backends: P2P is wired by ``phyrlab.pci``);
+    ``per_range``: mapped range by range through ``map_phys``; ``stats``: counters of this
+    mapping (``entries_walked``, ``pte_writes``, ``iotlb_flushes``, ``bounce_bytes``...).
+    """
+
+    dma_addr: np.ndarray
+    length: np.ndarray
+    direction: str
+    bounced: np.ndarray
+    bus_addr: np.ndarray
+    stats: DmaStats
+    per_range: bool = False
+    device: Any = field(default=None, repr=False)
+    cookie: Any = field(default=None, repr=False)
+    mapped: bool = True
+
+    def __len__(self) -> int:
+        return int(self.dma_addr.size)
+
+    @property
+    def total_length(self) -> int:
+        """Bytes the device may access."""
+        return int(self.length.sum(dtype=U64))
+
+    def ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(dma_addr, length)`` copies."""
+        return self.dma_addr.copy(), self.length.copy()
+
+
+# --------------------------------------------------------------------------- input
+def _as_ranges(x: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``phyrlab.layouts.as_ranges(x)``: a layout, an object with ``.ranges()`` or a pair."""
+    try:
+        from phyrlab.layouts import as_ranges
+    except ImportError:  # the layouts package is optional for the DMA core
+        as_ranges = None
+    if as_ranges is not None:
+        addr, length = as_ranges(x)
+    elif hasattr(x, "ranges"):
+        addr, length = x.ranges()
+    else:
+        addr, length = x
+    addr = np.asarray(addr)
+    length = np.asarray(length)
+    if addr.ndim != 1 or addr.shape != length.shape:
+        raise RangeError(f"ranges must be two 1-D arrays of one length, got {addr.shape} "
+                         f"and {length.shape}")
+    if addr.dtype != U64 or length.dtype != U64:
+        if (addr.dtype.kind == "i" and (addr < 0).any()) or (
+                length.dtype.kind == "i" and (length < 0).any()):
+            raise RangeError("ranges hold a negative address or length")
+        addr, length = addr.astype(U64), length.astype(U64)
+    if addr.size == 0:
+        raise RangeError("cannot map an empty range list")
+    zero = np.flatnonzero(length == 0)
+    if zero.size:
+        raise RangeError(f"length[{int(zero[0])}] is zero")
+    over = np.flatnonzero(length - U64(1) > ~addr)
+    if over.size:
+        i = int(over[0])
+        raise RangeError(f"range {i} (addr {int(addr[i]):#x}, length {int(length[i]):#x}) "
+                         "ends past 2^64")
+    return addr, length
+
+
+def _cut(addr: np.ndarray, length: np.ndarray, first: np.ndarray, step: int
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each range into a first piece of ``first`` bytes, then pieces of ``step`` bytes."""
+    first = np.minimum(first, length)
+    step_u = U64(step)
+    counts = (U64(1) + (length - first + step_u - U64(1)) // step_u).astype(np.intp)
+    if np.all(counts == 1):
+        return addr, length
+    idx = np.repeat(np.arange(addr.size), counts)
+    k = (np.arange(idx.size) - np.repeat(np.cumsum(counts) - counts, counts)).astype(U64)
+    f = first[idx]
+    off = np.where(k == 0, U64(0), f + (k - U64(1)) * step_u)
+    piece = np.where(k == 0, f, np.minimum(step_u, length[idx] - off))
+    return addr[idx] + off, piece
+
+
+def split_for_device(addr: np.ndarray, length: np.ndarray, max_seg: int, boundary: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Cut ranges so none exceeds ``max_seg`` bytes or crosses a ``boundary + 1`` line.
+
+    What ``blk_rq_map_sg`` does with ``queue_max_segment_size`` and
+    ``queue_segment_boundary`` (``get_max_segment_size``: a piece ends at the nearer of the
+    next boundary line and ``max_seg`` bytes). Cutting at boundary lines first, then each
+    piece into ``max_seg`` chunks, gives the same pieces as that greedy walk.
+    """
+    if max_seg <= 0:
+        raise ValueError(f"max_seg {max_seg} must be positive")
+    if boundary != U64_MAX:
+        window = boundary + 1
+        addr, length = _cut(addr, length, U64(window) - (addr & U64(boundary)), window)
+    if max_seg < U64_MAX:
+        addr, length = _cut(addr, length, np.full(addr.shape, U64(max_seg)), max_seg)
+    return addr, length
+
+
+# --------------------------------------------------------------------------- counters
+def _counters(dev) -> dict[str, int]:
+    c = dict(dev.ops.stats)
+    if dev.has_io_tlb_mem():
+        for k, v in dev.dma_io_tlb_mem.stats.items():
+            c[k] = c.get(k, 0) + v
+    return c
+
+
+def _diff(dev, before: dict[str, int]) -> DmaStats:
+    return DmaStats(_counters(dev)).diff(before)
+
+
+# --------------------------------------------------------------------------- the API
+def dma_map(dev, ranges: Any, direction: str = "bidirectional", *, split: bool = True
+            ) -> DmaList:
+    """Map any layout for ``dev``; a new :class:`DmaList`. ``split=False`` skips the cut
+    into device segments (the list is passed as it is, like ``dma_map_sg``)."""
+    check_direction(direction)
+    addr, length = _as_ranges(ranges)
+    if split:
+        addr, length = split_for_device(addr, length, dev.max_seg_size, dev.seg_boundary_mask)
+    ops = dev.ops
+    before = _counters(dev)
+    if ops.supports_sg:
+        dma, dlen, cookie = ops.map_sg(dev, addr, length, direction)
+        per_range = False
+    else:
+        dma, dlen, cookie = _map_per_range(dev, addr, length, direction), length.copy(), None
+        per_range = True
+    stats = _diff(dev, before)
+    stats.setdefault("entries_walked", int(addr.size))
+    bounced = getattr(cookie, "bounced", None)
+    if bounced is None:
+        bounced = ops.bounced_mask(dev, dma, dlen)
+    return DmaList(dma_addr=dma, length=dlen, direction=direction,
+                   bounced=np.asarray(bounced, dtype=bool),
+                   bus_addr=np.zeros(dma.size, dtype=bool), stats=stats, per_range=per_range,
+                   device=dev, cookie=cookie)
+
+
+def _map_per_range(dev, addr: np.ndarray, length: np.ndarray, direction: str) -> np.ndarray:
+    ops = dev.ops
+    out = np.empty(addr.size, dtype=U64)
+    for i in range(addr.size):
+        try:
+            out[i] = ops.map_phys(dev, int(addr[i]), int(length[i]), direction)
+        except DmaMappingError as exc:
+            for j in range(i - 1, -1, -1):
+                ops.unmap_phys(dev, int(out[j]), int(length[j]), direction)
+            raise DmaMappingError(exc.errno, f"range {i}: {str(exc).split(': ', 1)[-1]}"
+                                  ) from exc
+    return out
+
+
+def _check_live(dev, dma_list: DmaList, direction: str | None, what: str) -> None:
+    if not isinstance(dma_list, DmaList):
+        raise TypeError(f"{what} expects a DmaList, got {type(dma_list).__name__}")
+    if dma_list.device is not dev:
+        raise ValueError(f"{what}: this DmaList was mapped for {dma_list.device!r}, not {dev!r}")
+    if not dma_list.mapped:
+        raise ValueError(f"{what}: this DmaList is already unmapped")
+    if direction is not None:
+        check_direction(direction)
+        if direction != dma_list.direction:
+            raise ValueError(f"{what}: direction {direction!r} does not match the mapping's "
+                             f"{dma_list.direction!r}")
+
+
+def dma_unmap(dev, dma_list: DmaList, direction: str | None = None) -> DmaStats:
+    """``dma_unmap_sgtable``: undo :func:`dma_map`; the counters of the unmap."""
+    _check_live(dev, dma_list, direction, "dma_unmap")
+    before = _counters(dev)
+    ops = dev.ops
+    if dma_list.per_range:
+        for a, n in zip(dma_list.dma_addr.tolist(), dma_list.length.tolist(), strict=True):
+            ops.unmap_phys(dev, a, n, dma_list.direction)
+    else:
+        ops.unmap_sg(dev, dma_list.dma_addr, dma_list.length, dma_list.direction,
+                     dma_list.cookie)
+    dma_list.mapped = False
+    return _diff(dev, before)
+
+
+def _check_single(paddr: int, size: int) -> None:
+    if int(size) <= 0:
+        raise RangeError(f"size {size} must be positive")
+    if int(paddr) < 0 or int(paddr) + int(size) > U64_MAX + 1:
+        raise RangeError(f"range at {int(paddr):#x} + {int(size):#x} is outside 2^64")
+
+
+def dma_map_phys(dev, paddr: int, size: int, direction: str = "bidirectional") -> int:
+    """``dma_map_phys`` (``dma_map_page_attrs`` in v6.2): one range; raises on failure."""
+    check_direction(direction)
+    _check_single(paddr, size)
+    return int(dev.ops.map_phys(dev, int(paddr), int(size), direction))
+
+
+def dma_unmap_phys(dev, dma_addr: int, size: int, direction: str = "bidirectional") -> None:
+    """``dma_unmap_phys`` (``dma_unmap_page_attrs``)."""
+    check_direction(direction)
+    if int(dma_addr) == DMA_MAPPING_ERROR:
+        raise ValueError("dma_unmap_phys of DMA_MAPPING_ERROR")
+    dev.ops.unmap_phys(dev, int(dma_addr), int(size), direction)
+
+
+def dma_mapping_error(dev, dma_addr: int) -> int:
+    """``dma_mapping_error``: ``-ENOMEM`` (as -12) for ``DMA_MAPPING_ERROR``, else 0."""
+    return -12 if int(dma_addr) == DMA_MAPPING_ERROR else 0
+
+
+def dma_sync_single_for_cpu(dev, dma_addr: int, size: int, direction: str) -> int:
+    """``dma_sync_single_for_cpu``: bytes copied out of bounce buffers."""
+    check_direction(direction)
+    return dev.ops.sync_for_cpu(dev, np.array([dma_addr], dtype=U64),
+                                np.array([size], dtype=U64), direction)
+
+
+def dma_sync_single_for_device(dev, dma_addr: int, size: int, direction: str) -> int:
+    """``dma_sync_single_for_device``: bytes copied into bounce buffers."""
+    check_direction(direction)
+    return dev.ops.sync_for_device(dev, np.array([dma_addr], dtype=U64),
+                                   np.array([size], dtype=U64), direction)
+
+
+def dma_sync_for_cpu(dev, dma_list: DmaList, direction: str | None = None) -> int:
+    """``dma_sync_sgtable_for_cpu`` on a :class:`DmaList`: bytes copied."""
+    _check_live(dev, dma_list, direction, "dma_sync_for_cpu")
+    return dev.ops.sync_for_cpu(dev, dma_list.dma_addr, dma_list.length, dma_list.direction)
+
+
+def dma_sync_for_device(dev, dma_list: DmaList, direction: str | None = None) -> int:
+    """``dma_sync_sgtable_for_device`` on a :class:`DmaList`: bytes copied."""
+    _check_live(dev, dma_list, direction, "dma_sync_for_device")
+    return dev.ops.sync_for_device(dev, dma_list.dma_addr, dma_list.length, dma_list.direction)
+
+
+# --------------------------------------------------------------------------- the old way
+_SGT_MAPS: dict[int, DmaList] = {}
+
+
+def dma_map_sgtable(dev, sgt: Any, direction: str = "bidirectional") -> DmaList:
+    """``dma_map_sgtable``: map the table's entries and write the DMA fields into them.
+
+    Sets ``sgt.nents`` through ``sgt.set_dma``; returns the mapping (for its counters).
+    """
+    if id(sgt) in _SGT_MAPS and _SGT_MAPS[id(sgt)].mapped:
+        raise ValueError("dma_map_sgtable: this table is already mapped")
+    dma_list = dma_map(dev, sgt, direction, split=False)
+    try:
+        sgt.set_dma(dma_list.dma_addr, dma_list.length)
+    except Exception:
+        dma_unmap(dev, dma_list)
+        raise
+    _SGT_MAPS[id(sgt)] = dma_list
+    return dma_list
+
+
+def dma_unmap_sgtable(dev, sgt: Any, direction: str = "bidirectional") -> DmaStats:
+    """``dma_unmap_sgtable``."""
+    dma_list = _SGT_MAPS.get(id(sgt))
+    if dma_list is None or not dma_list.mapped:
+        raise ValueError("dma_unmap_sgtable: this table is not mapped")
+    stats = dma_unmap(dev, dma_list, direction)
+    del _SGT_MAPS[id(sgt)]
+    return stats

@@ -1,0 +1,381 @@
+"""swiotlb: the software IO TLB bounce-buffer pool (kernel/dma/swiotlb.c).
+
+Modelled from the stored kernel/dma/swiotlb.c (a v6.6-era file: ``struct io_tlb_pool`` and
+``CONFIG_SWIOTLB_DYNAMIC`` exist, ``swiotlb_area_find_slots`` steps by ``stride``,
+``swiotlb_tbl_map_single(dev, orig_addr, mapping_size, alloc_size, alloc_align_mask, dir,
+attrs)``), which keeps v6.2's slot rules:
+
+- slots of ``IO_TLB_SIZE`` = 2 KiB (``IO_TLB_SHIFT`` 11) grouped in segments of
+  ``IO_TLB_SEGSIZE`` = 128; ``slots[i].list`` counts the free slots from ``i`` to the end of its
+  segment, so no mapping spans two segments and ``swiotlb_max_mapping_size`` is 256 KiB less
+  ``min_align_mask`` rounded up to a slot;
+- the pool is split into ``nareas`` areas (a power of two, each a whole number of segments);
+  the search starts in area ``cpu & (nareas - 1)`` at that area's ``index`` and wraps;
+- alignment: a slot must match ``orig_addr`` in the bits of ``min_align_mask |
+  alloc_align_mask`` above 2 KiB; mappings of ``PAGE_SIZE`` or more are page aligned; the first
+  bytes are offset by ``orig_addr & min_align_mask & (IO_TLB_SIZE - 1)``;
+- no slot found: "swiotlb buffer is full (sz: %zd bytes), total %lu (slots), used %lu
+  (slots)" and ``DMA_MAPPING_ERROR`` (here :class:`DmaMappingError` ``-ENOMEM``, what
+  ``dma_mapping_error()`` returns);
+- ``swiotlb_tbl_map_single`` always copies the buffer in (``DMA_TO_DEVICE``) so a partial
+  device write cannot expose stale data; unmap copies back for ``from_device`` and
+  ``bidirectional``.
+Simplified: one static pool (no dynamic pools, no restricted pools); bytes copied are counted,
+not moved; the search over candidate slots is vectorised but visits them in the kernel's order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from phyrlab.dma.ops import DmaStats, check_direction, dma_limit
+from phyrlab.errors import DmaMappingError
+from phyrlab.faults import should_fail
+from phyrlab.units import DMA_MAPPING_ERROR, PAGE_MASK, PAGE_SIZE, SZ_64M, U64_MAX
+
+IO_TLB_SHIFT = 11
+IO_TLB_SIZE = 1 << IO_TLB_SHIFT
+IO_TLB_SEGSIZE = 128
+IO_TLB_DEFAULT_SIZE = SZ_64M
+INVALID_PHYS_ADDR = U64_MAX
+#: where the default pool sits: low memory (``memblock_alloc_low``), here 1.5 GiB.
+DEFAULT_START = 0x6000_0000
+
+
+def nr_slots(val: int) -> int:
+    """``nr_slots``: ``DIV_ROUND_UP(val, IO_TLB_SIZE)``."""
+    return -(-int(val) // IO_TLB_SIZE)
+
+
+def io_tlb_offset(val: int) -> int:
+    """``io_tlb_offset``: position of slot ``val`` in its segment."""
+    return val & (IO_TLB_SEGSIZE - 1)
+
+
+def _roundup_pow_of_two(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def swiotlb_align_offset(dev, addr: int) -> int:
+    """``swiotlb_align_offset``: offset into a slot required to keep the device happy."""
+    return int(addr) & dev.min_align_mask & (IO_TLB_SIZE - 1)
+
+
+def iommu_is_span_boundary(index, nr, shift, boundary_size):
+    """``iommu_is_span_boundary`` (include/linux/iommu-helper.h); works on arrays too."""
+    shift = (shift + index) & (boundary_size - 1)
+    return shift + nr > boundary_size
+
+
+class IoTlbMem:
+    """``struct io_tlb_mem`` with its default ``struct io_tlb_pool`` (slots in numpy arrays).
+
+    ``size``: bytes (rounded as ``setup_io_tlb_npages``/``swiotlb_adjust_nareas`` do: slots
+    aligned to a segment, rounded up to a power of two when there are several areas);
+    ``nareas``: rounded up to a power of two then limited to one segment each
+    (``limit_nareas``); ``cpu``: the CPU the next mapping runs on (picks the first area).
+    """
+
+    def __init__(self, size: int = IO_TLB_DEFAULT_SIZE, *, start: int = DEFAULT_START,
+                 nareas: int = 1, force_bounce: bool = False, cpu: int = 0):
+        if size < IO_TLB_SIZE * IO_TLB_SEGSIZE:
+            raise ValueError(f"swiotlb size {size} is below one segment ({IO_TLB_SIZE * 128})")
+        if start % PAGE_SIZE:
+            raise ValueError(f"swiotlb start {start:#x} is not page aligned")
+        if nareas < 1:
+            raise ValueError(f"swiotlb nareas {nareas} must be >= 1")
+        nslabs = -(-(size >> IO_TLB_SHIFT) // IO_TLB_SEGSIZE) * IO_TLB_SEGSIZE
+        nareas = _roundup_pow_of_two(nareas)
+        # round_up_default_nslabs()
+        if nareas > 1:
+            if nslabs < IO_TLB_SEGSIZE * nareas:
+                nslabs = IO_TLB_SEGSIZE * nareas
+            elif nslabs & (nslabs - 1):
+                nslabs = _roundup_pow_of_two(nslabs)
+        # limit_nareas()
+        if nslabs < nareas * IO_TLB_SEGSIZE:
+            nareas = nslabs // IO_TLB_SEGSIZE
+        self.nslabs = nslabs
+        self.start = start
+        self.end = start + (nslabs << IO_TLB_SHIFT)
+        self.nareas = nareas
+        self.area_nslabs = nslabs // nareas
+        self.force_bounce = force_bounce
+        self.cpu = cpu
+        self.stats = DmaStats()
+        self.warnings: list[str] = []
+        # swiotlb_init_io_tlb_pool()
+        i = np.arange(nslabs, dtype=np.int64)
+        self.list = (IO_TLB_SEGSIZE - (i & (IO_TLB_SEGSIZE - 1))).astype(np.int64)
+        self.orig_addr = np.full(nslabs, INVALID_PHYS_ADDR, dtype=np.uint64)
+        self.alloc_size = np.zeros(nslabs, dtype=np.int64)
+        self.area_index = np.zeros(nareas, dtype=np.int64)
+        self.area_used = np.zeros(nareas, dtype=np.int64)
+
+    @property
+    def used(self) -> int:
+        """Slots in use (``mem_used``)."""
+        return int(self.area_used.sum())
+
+    def snapshot(self) -> tuple:
+        """Copies of every array and counter, to compare state before and after an operation."""
+        return (self.list.copy(), self.orig_addr.copy(), self.alloc_size.copy(),
+                self.area_index.copy(), self.area_used.copy())
+
+    def is_swiotlb_buffer(self, paddr: int) -> bool:
+        """``is_swiotlb_buffer``."""
+        return self.start <= int(paddr) < self.end
+
+    def is_swiotlb_buffer_array(self, paddr: np.ndarray) -> np.ndarray:
+        """``is_swiotlb_buffer`` of every element."""
+        paddr = np.asarray(paddr, dtype=np.uint64)
+        return (paddr >= np.uint64(self.start)) & (paddr < np.uint64(self.end))
+
+    def _slot_addr(self, start: int, idx: int) -> int:
+        return start + (idx << IO_TLB_SHIFT)
+
+    # -- slot search ------------------------------------------------------------------------
+    def _candidates(self, index: int, stride: int, align_mask: int, target: int,
+                    base_addr: int, check_align: bool) -> np.ndarray:
+        """Area-relative slot indices the kernel's loop tests for space, in its order.
+
+        The loop steps by one over slots whose address does not match ``orig_addr`` in
+        ``align_mask`` (each costing one of ``area_nslabs`` checks), by ``stride`` over those
+        that do, and wraps to 0 (not modulo) when it passes the end of the area.
+        """
+        n = self.area_nslabs
+        checked, idx, runs = 0, index, []
+        while checked < n:
+            if check_align:
+                sa = (base_addr + (idx << IO_TLB_SHIFT)) & align_mask
+                d = ((target - sa) & align_mask) >> IO_TLB_SHIFT
+                if d:
+                    steps = min(d, n - idx)
+                    if checked + steps > n:
+                        break
+                    checked += steps
+                    if d >= n - idx:
+                        idx = 0
+                        continue
+                    idx += d
+                    if checked >= n:
+                        break
+            r = min(-(-(n - idx) // stride), -(-(n - checked) // stride))
+            runs.append(np.arange(idx, idx + r * stride, stride, dtype=np.int64))
+            checked += r * stride
+            idx = 0
+        return np.concatenate(runs) if runs else np.zeros(0, dtype=np.int64)
+
+    def _area_find_slots(self, dev, area: int, orig_addr: int, alloc_size: int,
+                         alloc_align_mask: int) -> int:
+        """``swiotlb_area_find_slots``: first slot index, or -1."""
+        boundary_mask = dev.seg_boundary_mask
+        tbl_dma_addr = dev.phys_to_dma(self.start) & boundary_mask
+        max_slots = (boundary_mask >> IO_TLB_SHIFT) + 1
+        iotlb_align_mask = (dev.min_align_mask | alloc_align_mask) & 0xFFFF_FFFF
+        nslots = nr_slots(alloc_size)
+        offset = swiotlb_align_offset(dev, orig_addr)
+        if alloc_size >= PAGE_SIZE:
+            iotlb_align_mask |= ~PAGE_MASK & 0xFFFF_FFFF
+        iotlb_align_mask &= ~(IO_TLB_SIZE - 1) & 0xFFFF_FFFF
+        stride = (iotlb_align_mask >> IO_TLB_SHIFT) + 1
+        if nslots > self.area_nslabs - int(self.area_used[area]):
+            return -1
+        slot_base = area * self.area_nslabs
+        check_align = bool(orig_addr)
+        contiguous = iotlb_align_mask == (stride - 1) << IO_TLB_SHIFT
+        if contiguous:
+            cand = self._candidates(int(self.area_index[area]), stride, iotlb_align_mask,
+                                    orig_addr & iotlb_align_mask,
+                                    tbl_dma_addr + (slot_base << IO_TLB_SHIFT), check_align)
+        else:  # an alignment mask with holes: step exactly as the kernel does
+            cand = self._candidates_slow(dev, area, orig_addr, iotlb_align_mask, stride,
+                                         tbl_dma_addr, check_align)
+        slot = slot_base + cand
+        # max_slots <= 2^53, so int64 arithmetic is exact here
+        ok = ~iommu_is_span_boundary(slot, nslots, nr_slots(tbl_dma_addr), max_slots)
+        ok &= self.list[slot] >= nslots
+        hits = np.flatnonzero(ok)
+        if hits.size == 0:
+            return -1
+        index = int(cand[hits[0]])
+        slot_index = slot_base + index
+        # found:
+        rel = np.arange(nslots, dtype=np.int64)
+        self.list[slot_index:slot_index + nslots] = 0
+        self.alloc_size[slot_index:slot_index + nslots] = (
+            alloc_size - (offset + (rel << IO_TLB_SHIFT)))
+        count, i = 0, slot_index - 1
+        while i >= 0 and io_tlb_offset(i) != IO_TLB_SEGSIZE - 1 and self.list[i]:
+            count += 1
+            self.list[i] = count
+            i -= 1
+        nxt = index + nslots
+        self.area_index[area] = 0 if nxt >= self.area_nslabs else nxt
+        self.area_used[area] += nslots
+        return slot_index
+
+    def _candidates_slow(self, dev, area, orig_addr, mask, stride, tbl_dma_addr, check_align):
+        n, idx, checked, out = self.area_nslabs, int(self.area_index[area]), 0, []
+        base = area * n
+        while checked < n:
+            if check_align and (self._slot_addr(tbl_dma_addr, base + idx) & mask) != (
+                    orig_addr & mask):
+                idx = 0 if idx + 1 >= n else idx + 1
+                checked += 1
+                continue
+            out.append(idx)
+            idx = 0 if idx + stride >= n else idx + stride
+            checked += stride
+        return np.array(out, dtype=np.int64)
+
+    def find_slots(self, dev, orig_addr: int, alloc_size: int, alloc_align_mask: int) -> int:
+        """``swiotlb_pool_find_slots``: try every area from ``cpu & (nareas - 1)``."""
+        start = self.cpu & (self.nareas - 1)
+        i = start
+        while True:
+            index = self._area_find_slots(dev, i, orig_addr, alloc_size, alloc_align_mask)
+            if index >= 0:
+                return index
+            i = 0 if i + 1 >= self.nareas else i + 1
+            if i == start:
+                return -1
+
+    # -- map / unmap ------------------------------------------------------------------------
+    def tbl_map_single(self, dev, orig_addr: int, mapping_size: int, alloc_size: int,
+                       alloc_align_mask: int, direction: str) -> int:
+        """``swiotlb_tbl_map_single``: the bounce buffer's physical address, or raise."""
+        check_direction(direction)
+        offset = swiotlb_align_offset(dev, orig_addr)
+        if mapping_size > alloc_size:
+            raise DmaMappingError("ENOMEM", f"Invalid sizes (mapping: {mapping_size} bytes, "
+                                            f"alloc: {alloc_size} bytes)")
+        index = -1 if should_fail("swiotlb_slot") else self.find_slots(
+            dev, orig_addr, alloc_size + offset, alloc_align_mask)
+        if index == -1:
+            raise DmaMappingError(
+                "ENOMEM", f"{dev.name}: swiotlb buffer is full (sz: {alloc_size} bytes), "
+                          f"total {self.nslabs} (slots), used {self.used} (slots)")
+        n = nr_slots(alloc_size + offset)
+        self.orig_addr[index:index + n] = (
+            np.uint64(orig_addr) + (np.arange(n, dtype=np.uint64) << np.uint64(IO_TLB_SHIFT)))
+        tlb_addr = self._slot_addr(self.start, index) + offset
+        self.stats["bounce_slots"] = self.stats.get("bounce_slots", 0) + n
+        self.bounce(dev, tlb_addr, mapping_size, "to_device")
+        return tlb_addr
+
+    def release_slots(self, dev, tlb_addr: int) -> None:
+        """``swiotlb_release_slots``: give the slots back, merging with free neighbours."""
+        offset = swiotlb_align_offset(dev, tlb_addr)
+        index = (tlb_addr - offset - self.start) >> IO_TLB_SHIFT
+        nslots = nr_slots(int(self.alloc_size[index]) + offset)
+        aindex = index // self.area_nslabs
+        seg_end = -(-(index + 1) // IO_TLB_SEGSIZE) * IO_TLB_SEGSIZE
+        count = int(self.list[index + nslots]) if index + nslots < seg_end else 0
+        for i in range(index + nslots - 1, index - 1, -1):
+            count += 1
+            self.list[i] = count
+        self.orig_addr[index:index + nslots] = INVALID_PHYS_ADDR
+        self.alloc_size[index:index + nslots] = 0
+        i = index - 1
+        while i >= 0 and io_tlb_offset(i) != IO_TLB_SEGSIZE - 1 and self.list[i]:
+            count += 1
+            self.list[i] = count
+            i -= 1
+        self.area_used[aindex] -= nslots
+
+    def tbl_unmap_single(self, dev, tlb_addr: int, mapping_size: int, direction: str,
+                         skip_cpu_sync: bool = False) -> int:
+        """``swiotlb_tbl_unmap_single``: copy back if needed, free the slots; bytes copied."""
+        if not self.is_swiotlb_buffer(tlb_addr):
+            raise ValueError(f"{tlb_addr:#x} is not a swiotlb buffer address")
+        copied = 0
+        if not skip_cpu_sync and direction in ("from_device", "bidirectional"):
+            copied = self.bounce(dev, tlb_addr, mapping_size, "from_device")
+        self.release_slots(dev, tlb_addr)
+        return copied
+
+    def bounce(self, dev, tlb_addr: int, size: int, direction: str) -> int:
+        """``swiotlb_bounce``: the bytes it would copy (its overflow checks included)."""
+        index = (tlb_addr - self.start) >> IO_TLB_SHIFT
+        orig_addr = int(self.orig_addr[index])
+        alloc_size = int(self.alloc_size[index])
+        if orig_addr == INVALID_PHYS_ADDR:
+            return 0
+        tlb_offset = tlb_addr & (IO_TLB_SIZE - 1)
+        orig_addr_offset = swiotlb_align_offset(dev, orig_addr)
+        if tlb_offset < orig_addr_offset:
+            self.warnings.append(f"Access before mapping start detected. orig offset "
+                                 f"{orig_addr_offset}, requested offset {tlb_offset}.")
+            return 0
+        tlb_offset -= orig_addr_offset
+        if tlb_offset > alloc_size:
+            self.warnings.append(f"Buffer overflow detected. Allocation size: {alloc_size}. "
+                                 f"Mapping size: {size}+{tlb_offset}.")
+            return 0
+        alloc_size -= tlb_offset
+        if size > alloc_size:
+            self.warnings.append(f"Buffer overflow detected. Allocation size: {alloc_size}. "
+                                 f"Mapping size: {size}.")
+            size = alloc_size
+        self.stats["bounce_bytes"] = self.stats.get("bounce_bytes", 0) + size
+        return size
+
+    def sync_single_for_device(self, dev, tlb_addr: int, size: int, direction: str) -> int:
+        """``swiotlb_sync_single_for_device``: copies for to_device/bidirectional."""
+        if direction in ("to_device", "bidirectional"):
+            return self.bounce(dev, tlb_addr, size, "to_device")
+        if direction != "from_device":
+            raise ValueError(f"BUG: swiotlb sync for device with direction {direction!r}")
+        return 0
+
+    def sync_single_for_cpu(self, dev, tlb_addr: int, size: int, direction: str) -> int:
+        """``swiotlb_sync_single_for_cpu``: copies for from_device/bidirectional."""
+        if direction in ("from_device", "bidirectional"):
+            return self.bounce(dev, tlb_addr, size, "from_device")
+        if direction != "to_device":
+            raise ValueError(f"BUG: swiotlb sync for cpu with direction {direction!r}")
+        return 0
+
+
+def swiotlb_max_mapping_size(dev) -> int:
+    """``swiotlb_max_mapping_size``: 256 KiB less ``min_align_mask`` rounded up to a slot."""
+    min_align = 0
+    if dev.min_align_mask:
+        min_align = -(-dev.min_align_mask // IO_TLB_SIZE) * IO_TLB_SIZE
+    return IO_TLB_SIZE * IO_TLB_SEGSIZE - min_align
+
+
+def is_swiotlb_active(dev) -> bool:
+    """``is_swiotlb_active``: the device has a pool with slots."""
+    return dev.dma_io_tlb_mem is not None
+
+
+def is_swiotlb_force_bounce(dev) -> bool:
+    """``is_swiotlb_force_bounce``: ``mem && mem->force_bounce``."""
+    mem = dev.dma_io_tlb_mem
+    return bool(mem is not None and mem.force_bounce)
+
+
+def dma_capable(dev, addr: int, size: int, is_ram: bool = True) -> bool:
+    """``dma_capable`` (include/linux/dma-direct.h, 64-bit ``dma_addr_t``)."""
+    if addr == DMA_MAPPING_ERROR:
+        return False
+    end = addr + size - 1
+    return end <= dma_limit(dev)
+
+
+def swiotlb_map(dev, paddr: int, size: int, direction: str) -> int:
+    """``swiotlb_map``: bounce ``[paddr, paddr+size)``; the DMA address of the bounce buffer."""
+    mem = dev.dma_io_tlb_mem
+    if mem is None:
+        raise DmaMappingError("ENOMEM", "Can not allocate SWIOTLB buffer earlier and can't now "
+                                        "provide you with the DMA bounce buffer")
+    tlb_addr = mem.tbl_map_single(dev, paddr, size, size, 0, direction)
+    dma_addr = dev.phys_to_dma(tlb_addr)
+    if not dma_capable(dev, dma_addr, size, True):
+        mem.tbl_unmap_single(dev, tlb_addr, size, direction, skip_cpu_sync=True)
+        raise DmaMappingError(
+            "ENOMEM", f"swiotlb addr {dma_addr:#x}+{size} overflow (mask {dev.dma_mask:#x}, "
+                      f"bus limit {dev.bus_dma_limit:#x}).")
+    return dma_addr
