@@ -147,7 +147,7 @@ def pagemap_ranges(buffer: Any, pagemap_path: str = "/proc/self/pagemap"
                    ) -> tuple[np.ndarray, np.ndarray]:
     """This machine's real physical ranges ``(addr, length)`` of ``buffer``, merged."""
     pfns, offset = pagemap_pfns(buffer, pagemap_path)
-    nbytes = np.asarray(buffer).nbytes if isinstance(buffer, np.ndarray) else memoryview(buffer).nbytes
+    nbytes = buffer.nbytes if isinstance(buffer, np.ndarray) else memoryview(buffer).nbytes
     addr = pfns << U64(PAGE_SHIFT)
     length = np.full(pfns.size, PAGE_SIZE, dtype=U64)
     addr[0] += U64(offset)

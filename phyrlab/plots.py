@@ -73,15 +73,18 @@ def storage_chart(data: dict) -> tuple[figure, ColumnDataSource]:
     return fig, source
 
 
-def sweep_chart(sweep: dict, *, title: str, y_label: str, name: str = "sweep") -> figure:
-    """One line per layout over buffer sizes, both axes log2."""
+def sweep_chart(sweep: dict, *, x: str = "size", title: str, x_label: str, y_label: str,
+                name: str = "sweep", bytes_x: bool = True) -> figure:
+    """One line per series of ``sweep`` (all keys but ``x``), both axes log."""
     fig = figure(width=WIDTH, height=HEIGHT, title=title, x_axis_type="log", y_axis_type="log",
                  tools="save,hover", name=name)
-    series = [k for k in sweep if k != "size"]
+    series = [k for k in sweep if k != x]
     for key, color in zip(series, palette(series), strict=True):
-        fig.line(sweep["size"], sweep[key], legend_label=key, color=color, line_width=3)
-        fig.scatter(sweep["size"], sweep[key], color=color, size=7)
-    fig.xaxis.formatter = NumeralTickFormatter(format="0 b")
-    fig.yaxis.formatter = NumeralTickFormatter(format="0 b")
-    fig.legend.location = "top_left"
-    return style(fig, "memory described (bytes)", y_label)
+        fig.line(sweep[x], sweep[key], legend_label=key, color=color, line_width=3)
+        fig.scatter(sweep[x], sweep[key], color=color, size=7)
+    if bytes_x:
+        fig.xaxis.formatter = NumeralTickFormatter(format="0 b")
+    fig.yaxis.formatter = NumeralTickFormatter(format="0.[0] b")
+    fig.legend.location = "top_right" if not bytes_x else "top_left"
+    fig.legend.click_policy = "hide"
+    return style(fig, x_label, y_label)

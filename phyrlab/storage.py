@@ -71,3 +71,46 @@ def mean_run_pages(buffer: Buffer) -> float:
     """Mean length, in pages, of the physically contiguous runs of a buffer."""
     a, n = buffer.ranges()
     return float(np.mean(n)) / 4096
+
+
+def layout_rows() -> list[dict[str, Any]]:
+    """The layouts and the C structs they mirror."""
+    return [{"layout": name, "c_struct": cls.c_struct, "entry_size": cls.entry_size,
+             "header_size": cls.header_size} for name, cls in LAYOUTS.items()]
+
+
+def contiguity_sweep(workload: str, size: int, mean_runs: list[float], seed: int = 0
+                     ) -> dict[str, Any]:
+    """Bytes of storage per MiB described, per layout, as the mean physical run grows."""
+    out: dict[str, Any] = {"mean_run": list(mean_runs)}
+    for name in LAYOUTS:
+        out[name] = []
+    for run in mean_runs:
+        buf = build(workload, size=size, seed=seed, mean_run_pages=run, page_size=4096)
+        for r in storage_rows(buf):
+            out[r["layout"]].append(r["bytes_per_MiB"])
+    return out
+
+
+def workload_rows(names: list[str], seed: int = 0) -> list[dict[str, Any]]:
+    """Bytes of storage per layout for each named workload at its default size."""
+    rows = []
+    for name in names:
+        buf = build(name, seed=seed)
+        row: dict[str, Any] = {"workload": name, "size": _short(buf.size),
+                               "runs": int(buf.ranges()[0].size)}
+        for r in storage_rows(buf):
+            row[r["layout"]] = r["bytes"]
+        rows.append(row)
+    return rows
+
+
+def this_machine_rows(size: int = 64 << 20) -> list[dict[str, Any]] | str:
+    """Storage per layout for a real buffer of this machine, or why it cannot be read."""
+    from .memory import PagemapError
+
+    try:
+        buf = build("this-machine", size=size)
+    except PagemapError as e:
+        return str(e)
+    return storage_rows(buf)

@@ -134,3 +134,10 @@ def storage_panel(workload: str = "rdma-mr-1g-4k", size: int = 1 << 26,
 
     controls["workload"].observe(workload_defaults, names="value")
     return panel
+
+
+def show(obj) -> ipw.Widget:
+    """A bokeh figure or layout as a widget (for static plots in a notebook cell)."""
+    from jupyter_bokeh.widgets import BokehModel
+
+    return BokehModel(obj)

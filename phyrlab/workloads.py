@@ -71,7 +71,7 @@ def load(path: str | Path) -> Workload:
     except (OSError, yaml.YAMLError) as e:
         raise InputFileError(f"{path}: cannot read workload: {e}") from None
     if not isinstance(doc, dict):
-        raise InputFileError(f"{path}: a workload file is a mapping of keys, got {type(doc).__name__}")
+        raise InputFileError(f"{path}: a workload file is a mapping, got {type(doc).__name__}")
     unknown = set(doc) - _KEYS
     if unknown:
         raise InputFileError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(_KEYS)}")
@@ -82,7 +82,8 @@ def load(path: str | Path) -> Workload:
     if not isinstance(cont, dict) or cont.get("model") not in MODELS:
         raise InputFileError(f"{path}: contiguity.model must be one of {MODELS}, got {cont!r}")
     if set(cont) - _CONTIGUITY_KEYS:
-        raise InputFileError(f"{path}: unknown contiguity key(s) {sorted(set(cont) - _CONTIGUITY_KEYS)}")
+        bad = sorted(set(cont) - _CONTIGUITY_KEYS)
+        raise InputFileError(f"{path}: unknown contiguity key(s) {bad}")
     try:
         w = Workload(
             name=str(doc["name"]), title=str(doc["title"]), source=str(doc["source"]),

@@ -6,7 +6,7 @@ from .base import Layout, as_ranges, check_ranges, merge_ranges, split_segments
 from .bio_vec import BioVec
 from .page_list import PageList
 from .pfn_run import PfnRun
-from .phyr import PhysVec, Phyr
+from .phyr import Phyr, PhysVec
 from .scatterlist import (
     SCATTERLIST_MAX_SEGMENT,
     SG_MAX_SINGLE_ALLOC,

@@ -110,7 +110,7 @@ def check_pages(pfns: Any, offset: int, size: int | None, page_size: int = PAGE_
         raise RangeError(f"size {size} needs more than the {n} pages given (room {room} bytes)")
     if size <= room - page_size:
         raise RangeError(f"size {size} leaves page {n - 1} unused: pass only the pages it covers")
-    top = np.flatnonzero(pfns > U64((U64_MAX >> PAGE_SHIFT)))
+    top = np.flatnonzero(pfns > U64(U64_MAX >> PAGE_SHIFT))
     if top.size:
         i = int(top[0])
         raise RangeError(f"pfns[{i}] = {int(pfns[i]):#x} is beyond a 64-bit physical address")

@@ -21,7 +21,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..units import PAGE_SHIFT, PAGE_SIZE
-from .base import U64, Layout, check_pages, check_ranges, merge_ranges, pages_to_ranges, split_ranges
+from .base import (
+    U64,
+    Layout,
+    check_pages,
+    check_ranges,
+    merge_ranges,
+    pages_to_ranges,
+    split_ranges,
+)
 from .page_list import check_page_aligned
 
 RUN_BITS = 12

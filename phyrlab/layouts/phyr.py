@@ -1,10 +1,11 @@
 """``struct phyr`` and ``struct phys_vec``: an address and a length per entry.
 
-- ``phyr`` (Matthew Wilcox's phyr branch, 2023): ``phys_addr_t addr; size_t len;`` - 16 bytes.
+- ``phyr`` (Matthew Wilcox's phyr branch, 2023): ``phys_addr_t addr; size_t len;``, 16 bytes.
 - ``phys_vec`` (block/blk-mq-dma.c, v6.17; later moved to include/linux/types.h for VFIO):
   ``phys_addr_t paddr; u32 len;`` - 12 bytes of fields padded to 16 by the 8-byte alignment of
-  ``paddr`` (verified in the blk-mq-dma patches; a later patch proposed ``size_t len``). A range longer than a ``u32`` is
-  stored as several entries of at most ``0xfffff000`` bytes (page-aligned pieces).
+  ``paddr`` (verified in the blk-mq-dma patches; a later patch proposed ``size_t len``).
+  A range longer than a ``u32`` is stored as several entries of at most ``0xfffff000`` bytes
+  (page-aligned pieces).
 """
 
 from __future__ import annotations

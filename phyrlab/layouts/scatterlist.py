@@ -111,7 +111,7 @@ class SgTable(Layout):
 
     @classmethod
     def from_pages(cls, pfns: Any, offset: int = 0, size: int | None = None) -> SgTable:
-        """``sg_alloc_table_from_pages``: consecutive pages merged up to ``SCATTERLIST_MAX_SEGMENT``."""
+        """``sg_alloc_table_from_pages``: runs merged up to ``SCATTERLIST_MAX_SEGMENT``."""
         return sg_alloc_table_from_pages(pfns, offset, size, SCATTERLIST_MAX_SEGMENT)
 
     # -- the protocol
@@ -138,7 +138,7 @@ class SgTable(Layout):
 
     # -- the old, combined DMA style
     def set_dma(self, dma_addr: np.ndarray, dma_len: np.ndarray) -> None:
-        """Write a mapping's result into the first entries, as ``dma_map_sg`` does; set ``nents``."""
+        """Write a mapping's result into the entries, as ``dma_map_sg`` does; set ``nents``."""
         dma_addr = np.asarray(dma_addr, dtype=U64)
         dma_len = np.asarray(dma_len, dtype=U64)
         n = dma_addr.size
