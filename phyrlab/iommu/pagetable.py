@@ -1,0 +1,585 @@
+"""One radix-tree IOMMU page-table walker; formats are data (drivers/iommu/io-pgtable-arm.c,
+drivers/iommu/intel/iommu.c, drivers/iommu/iommu.c).
+
+Mirrors:
+- ``iommu_map()`` / ``__iommu_map()`` with ``iommu_pgsize()`` (drivers/iommu/iommu.c): a run
+  is cut into the largest page sizes of ``pgsize_bitmap`` that the alignment of ``iova | paddr``
+  and the remaining length allow (v6.2's ``iommu_pgsize()`` also checks ``(iova ^ paddr)``
+  before counting pages of the next size; the greedy result is the same).
+- ``__arm_lpae_map()`` / VT-d ``__domain_mapping()``: walk from the root, allocate a table page
+  (``should_fail("pt_alloc")``, kernel: -ENOMEM) for every empty non-leaf entry on the way, write
+  the leaf. A present entry where a leaf or a table must go is a live mapping: -EEXIST
+  (``arm_lpae_init_pte`` warns and refuses), raised here as ``ValueError`` naming the IOVA.
+- ``iommu_unmap()`` / ``__iommu_unmap()``: clear the leaves, gather them for invalidation with
+  ``iommu_iotlb_gather_add_page()`` (skipped when the gather is ``queued``, as io-pgtable-arm and
+  VT-d do in v6.2), and sync (``iommu_iotlb_sync``) unless the caller passed its own gather.
+- ``iommu_iova_to_phys()`` / ``arm_lpae_iova_to_phys()``: 0 where nothing is mapped.
+
+Verified against the stored kernel files (read with the search tool): ``iommu_pgsize`` of
+v5.x and the v6.2 ``count`` variant (iommu.c), ``arm_lpae_restrict_pgsizes`` and the pgd size
+formula ``pgd_bits = va_bits - bits_per_level * (levels - 1)`` (io-pgtable-arm.c),
+``iommu_iotlb_gather_add_page`` of v6.2 (include/linux/iommu.h).
+
+Simplifications (each one line):
+- The tree is numpy: a pool of table pages ``(n, entries)`` of uint64, a leaf is ``paddr | 1``,
+  a table entry is ``child << 12 | 3``; no permission bits (``prot`` is not stored).
+- A table left empty by an unmap is freed at once (VT-d frees tables an unmap covers whole,
+  io-pgtable-arm only on block-sized unmaps; lazy mode defers the free until the flush).
+- An unmap that would cut a leaf is refused (arm would split the block, VT-d would unmap it all).
+- A map that would fail part way is refused before any write, so no entries are written and
+  unwound (the kernel maps, then ``iommu_unmap()``s what it mapped: same end state, fewer writes).
+- Root-table allocation also asks ``should_fail("pt_alloc")`` (the kernel's domain alloc).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from phyrlab.errors import DmaMappingError
+from phyrlab.faults import should_fail
+from phyrlab.iommu.iotlb import IommuIotlbGather, iommu_iotlb_gather_add_run
+from phyrlab.units import human_bytes
+
+PTE_PRESENT = np.uint64(1)
+PTE_TABLE = np.uint64(2)
+_CHILD_SHIFT = np.uint64(12)
+_U64 = np.uint64
+#: Physical address width the model accepts (52 bits: the widest of VT-d and LPAE/LPA).
+OAS = 52
+
+
+@dataclass(frozen=True)
+class PageTableFormat:
+    """A radix-tree format as data: index bits per level (root first) and leaf levels.
+
+    Level 0 is the root (ARM's start level, VT-d's top ``agaw`` level); the last level holds
+    granule-sized leaves. ``leaf_levels`` lists the levels that may hold a leaf (block/PS=1).
+    """
+
+    name: str
+    granule_shift: int
+    level_bits: tuple[int, ...]
+    leaf_levels: tuple[int, ...]
+    pte_size: int
+    kernel: str
+
+    @property
+    def levels(self) -> int:
+        return len(self.level_bits)
+
+    @property
+    def granule(self) -> int:
+        return 1 << self.granule_shift
+
+    @property
+    def ias(self) -> int:
+        """Input (IOVA) address bits."""
+        return self.granule_shift + sum(self.level_bits)
+
+    def entry_shift(self, level: int) -> int:
+        """log2 of the bytes one entry of a level-``level`` table maps."""
+        return self.granule_shift + sum(self.level_bits[level + 1:])
+
+    def entries(self, level: int) -> int:
+        return 1 << self.level_bits[level]
+
+    def table_bytes(self, level: int) -> int:
+        """Bytes of one table at ``level`` (the root may be smaller or larger than a page)."""
+        return self.entries(level) * self.pte_size
+
+    @property
+    def pgsize_bitmap(self) -> int:
+        """``domain->pgsize_bitmap``: one bit per leaf size."""
+        return sum(1 << self.entry_shift(lv) for lv in self.leaf_levels)
+
+    @property
+    def leaf_sizes(self) -> tuple[int, ...]:
+        """Leaf sizes in bytes, smallest first."""
+        return tuple(sorted(1 << self.entry_shift(lv) for lv in self.leaf_levels))
+
+
+FORMATS: dict[str, PageTableFormat] = {
+    f.name: f
+    for f in (
+        PageTableFormat("x86_64", 12, (9, 9, 9, 9), (1, 2, 3), 8,
+                        "Intel VT-d second level / AMD v2, 4-level (48-bit): 4K, 2M, 1G leaves"),
+        PageTableFormat("x86_64_5lvl", 12, (9, 9, 9, 9, 9), (2, 3, 4), 8,
+                        "Intel VT-d / AMD, 5-level (57-bit): 4K, 2M, 1G leaves"),
+        PageTableFormat("arm_lpae_4k", 12, (9, 9, 9, 9), (1, 2, 3), 8,
+                        "io-pgtable-arm 64-bit LPAE, 4K granule, ias 48: 4K, 2M, 1G"),
+        PageTableFormat("arm_lpae_16k", 14, (1, 11, 11, 11), (2, 3), 8,
+                        "io-pgtable-arm LPAE, 16K granule, ias 48 (pgd 2 entries): 16K, 32M"),
+        PageTableFormat("arm_lpae_64k", 16, (6, 13, 13), (1, 2), 8,
+                        "io-pgtable-arm LPAE, 64K granule, ias 48 (pgd 64 entries): 64K, 512M"),
+        PageTableFormat("single_level_4k", 12, (20,), (0,), 8,
+                        "one flat table (GART/TCE/sparc IOPTE style): 4 GiB window, 4K pages"),
+    )
+}
+
+
+def get_format(fmt: str | PageTableFormat) -> PageTableFormat:
+    """The format named ``fmt`` (or ``fmt`` itself); a clear error for an unknown name."""
+    if isinstance(fmt, PageTableFormat):
+        return fmt
+    try:
+        return FORMATS[fmt]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown page-table format {fmt!r}; known formats: {', '.join(FORMATS)}"
+        ) from None
+
+
+@dataclass
+class PageTableStats:
+    """Counters of one page table (cumulative unless said otherwise)."""
+
+    pte_writes: int = 0
+    table_pages: int = 0            # live table pages (root included)
+    table_bytes: int = 0            # live bytes of table memory
+    table_pages_allocated: int = 0
+    table_pages_freed: int = 0
+    mapped_bytes: int = 0           # live
+    leaves: dict[int, int] = field(default_factory=dict)        # live leaves by size
+    leaves_mapped: dict[int, int] = field(default_factory=dict)  # cumulative, by size
+    iotlb_pages_gathered: int = 0   # iommu_iotlb_gather_add_page() calls
+    iotlb_syncs: int = 0            # range invalidations issued (iommu_iotlb_sync)
+    iotlb_flush_all: int = 0        # whole-domain flushes (flush queue, flush_iotlb_all)
+
+
+def _expand(starts: np.ndarray, counts: np.ndarray, step: int = 1) -> np.ndarray:
+    """Concatenate ``starts[i] + step * arange(counts[i])`` for every i (int64/uint64)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.empty(0, dtype=starts.dtype)
+    nz = counts > 0
+    starts, counts = starts[nz], counts[nz]
+    excl = np.cumsum(counts) - counts
+    dt = starts.dtype
+    base = np.repeat(starts - (excl * step).astype(dt), counts)
+    return base + np.arange(total, dtype=dt) * dt.type(step)
+
+
+def _unique_sorted(a: np.ndarray) -> np.ndarray:
+    if a.size == 0:
+        return a
+    keep = np.empty(a.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
+
+
+class PageTable:
+    """An IOMMU page table of one format (``struct io_pgtable`` / ``struct dmar_domain``)."""
+
+    def __init__(self, fmt: str | PageTableFormat = "x86_64"):
+        self.fmt = get_format(fmt)
+        f = self.fmt
+        self._W = max(f.entries(lv) for lv in range(f.levels))
+        self._shift = [f.entry_shift(lv) for lv in range(f.levels)]
+        self._bits = list(f.level_bits)
+        self._tbytes = [f.table_bytes(lv) for lv in range(f.levels)]
+        cap = max(1, min(64, (1 << 20) // self._W))
+        self._pte = np.zeros((cap, self._W), dtype=np.uint64)
+        self._nvalid = np.zeros(cap, dtype=np.int64)
+        self._tlevel = np.full(cap, -1, dtype=np.int8)
+        self._free = np.arange(cap - 1, -1, -1, dtype=np.int64)
+        self.stats = PageTableStats()
+        if should_fail("pt_alloc"):
+            raise DmaMappingError("ENOMEM", f"{f.name}: cannot allocate the root table")
+        root = self._alloc_tables(1, 0)
+        assert int(root[0]) == 0
+
+    # ---- table-page pool -------------------------------------------------------------
+    def _alloc_tables(self, n: int, level: int) -> np.ndarray:
+        if n == 0:
+            return np.empty(0, dtype=np.int64)
+        if self._free.size < n:
+            cap = self._pte.shape[0]
+            new_cap = max(2 * cap, cap + n - self._free.size)
+            pte = np.zeros((new_cap, self._W), dtype=np.uint64)
+            pte[:cap] = self._pte
+            self._pte = pte
+            self._nvalid = np.concatenate([self._nvalid, np.zeros(new_cap - cap, np.int64)])
+            self._tlevel = np.concatenate([self._tlevel, np.full(new_cap - cap, -1, np.int8)])
+            self._free = np.concatenate(
+                [np.arange(new_cap - 1, cap - 1, -1, dtype=np.int64), self._free])
+        idx = self._free[-n:][::-1].copy()
+        self._free = self._free[:-n]
+        self._tlevel[idx] = level
+        self._nvalid[idx] = 0
+        s = self.stats
+        s.table_pages += n
+        s.table_pages_allocated += n
+        s.table_bytes += n * self._tbytes[level]
+        return idx
+
+    def _free_tables(self, idx: np.ndarray) -> None:
+        if idx.size == 0:
+            return
+        levels = self._tlevel[idx].astype(np.int64)
+        s = self.stats
+        s.table_pages -= idx.size
+        s.table_pages_freed += idx.size
+        s.table_bytes -= int(np.asarray(self._tbytes, dtype=np.int64)[levels].sum())
+        self._tlevel[idx] = -1
+        self._free = np.concatenate([self._free, idx[::-1]])
+
+    # ---- validation -----------------------------------------------------------------
+    def _check_run(self, op: str, iova: int, size: int, paddr: int | None = None) -> None:
+        g = self.fmt.granule
+        if size <= 0:
+            raise ValueError(f"{op}: size {size:#x} must be positive")
+        bad = iova | size | (paddr if paddr is not None else 0)
+        if bad & (g - 1) or iova < 0 or (paddr is not None and paddr < 0):
+            pa = f" pa {paddr:#x}" if paddr is not None else ""
+            raise ValueError(
+                f"{op}: unaligned: iova {iova:#x}{pa} size {size:#x} min_pagesz {g:#x} "
+                f"({self.fmt.name})")
+        if iova + size > 1 << self.fmt.ias:
+            raise ValueError(
+                f"{op}: IOVA {iova:#x}+{size:#x} is beyond the {self.fmt.ias}-bit address "
+                f"width of {self.fmt.name}")
+        if paddr is not None and paddr + size > 1 << OAS:
+            raise ValueError(f"{op}: physical address {paddr:#x}+{size:#x} beyond {OAS} bits")
+
+    # ---- map --------------------------------------------------------------------------
+    def map(self, iova: int, paddr: int, size: int, prot: int = 3) -> int:
+        """``iommu_map()``: map ``size`` bytes at ``iova`` to ``paddr``; returns bytes mapped."""
+        self._check_run("map", int(iova), int(size), int(paddr))
+        return self._map_runs(np.array([iova], _U64), np.array([paddr], _U64),
+                              np.array([size], _U64))
+
+    def map_runs(self, iova: np.ndarray, paddr: np.ndarray, size: np.ndarray,
+                 prot: int = 3) -> int:
+        """Map many runs at once (``iommu_map_sg()``'s ``__iommu_map`` calls), all or none."""
+        iova = np.asarray(iova, dtype=_U64).ravel()
+        paddr = np.asarray(paddr, dtype=_U64).ravel()
+        size = np.asarray(size, dtype=_U64).ravel()
+        if not (iova.size == paddr.size == size.size):
+            raise ValueError("map_runs: iova, paddr and size must have the same length")
+        if iova.size == 0:
+            return 0
+        g = _U64(self.fmt.granule - 1)
+        bad = np.nonzero(((iova | paddr | size) & g) != 0)[0]
+        if bad.size or np.any(size == 0):
+            i = int(bad[0]) if bad.size else int(np.nonzero(size == 0)[0][0])
+            self._check_run(f"map_runs[{i}]", int(iova[i]), int(size[i]), int(paddr[i]))
+        order = np.argsort(iova, kind="stable")
+        if np.any(order[1:] < order[:-1]):
+            iova, paddr, size = iova[order], paddr[order], size[order]
+        end = iova + size
+        if np.any(end < iova) or int(end[-1]) > 1 << self.fmt.ias:
+            i = int(np.argmax(end))
+            self._check_run(f"map_runs[{i}]", int(iova[i]), int(size[i]), int(paddr[i]))
+        if np.any((paddr + size) > _U64(1 << OAS)):
+            i = int(np.nonzero((paddr + size) > _U64(1 << OAS))[0][0])
+            self._check_run(f"map_runs[{i}]", int(iova[i]), int(size[i]), int(paddr[i]))
+        ov = np.nonzero(end[:-1] > iova[1:])[0]
+        if ov.size:
+            i = int(ov[0])
+            raise ValueError(f"map_runs: runs at IOVA {int(iova[i]):#x} and "
+                             f"{int(iova[i + 1]):#x} overlap")
+        return self._map_runs(iova, paddr, size)
+
+    def _decompose(self, iova, paddr, size):
+        """``iommu_pgsize()`` applied greedily to each run, as leaf segments in IOVA order.
+
+        Returns (lo, count, level, pa) per segment: ``count`` leaves of level ``level``'s size
+        starting at IOVA ``lo`` and physical ``pa``.
+        """
+        f = self.fmt
+        levels = sorted(f.leaf_levels, reverse=True)       # smallest leaf first
+        sizes = [1 << self._shift[lv] for lv in levels]
+        K = len(sizes)
+        end = iova + size
+        x = iova ^ paddr
+        A, B, V = [], [], []
+        for s in sizes:
+            m = _U64(s - 1)
+            a = (iova + m) & ~m
+            b = end & ~m
+            A.append(a)
+            B.append(b)
+            V.append(((x & m) == 0) & (a < b))
+        heads, tails = [], []
+        for k in range(K):
+            if k + 1 < K:
+                na = np.where(V[k + 1], A[k + 1], B[k])
+                nb = np.where(V[k + 1], B[k + 1], B[k])
+            else:
+                na = nb = B[k]
+            lo_h = np.where(V[k], A[k], 0)
+            hi_h = np.where(V[k], na, 0)
+            lo_t = np.where(V[k], nb, 0)
+            hi_t = np.where(V[k], B[k], 0)
+            heads.append((lo_h, hi_h, k))
+            tails.append((lo_t, hi_t, k))
+        cols = heads + tails[:-1][::-1]
+        lo = np.stack([c[0] for c in cols], axis=1).ravel()
+        hi = np.stack([c[1] for c in cols], axis=1).ravel()
+        kk = np.tile(np.array([c[2] for c in cols], dtype=np.int64), iova.size)
+        delta = np.repeat(paddr - iova, len(cols))
+        keep = hi > lo
+        lo, hi, kk, delta = lo[keep], hi[keep], kk[keep], delta[keep]
+        shifts = np.array([self._shift[lv] for lv in levels], dtype=_U64)[kk]
+        count = ((hi - lo) >> shifts).astype(np.int64)
+        lvl = np.array(levels, dtype=np.int64)[kk]
+        return lo, count, lvl, lo + delta
+
+    def _map_runs(self, iova, paddr, size) -> int:
+        f = self.fmt
+        lo, count, lvl, pa = self._decompose(iova, paddr, size)
+        maxlvl = int(lvl.max())
+        # ---- plan: which tables exist, which must be allocated, any live mapping in the way
+        prefixes = [np.zeros(1, dtype=np.int64)]      # table ids per level (iova >> span)
+        pools = [np.zeros(1, dtype=np.int64)]         # pool index (or -1 = to allocate)
+        parent_pos: list[np.ndarray | None] = [None]
+        new_masks: list[np.ndarray | None] = [None]
+        n_new_total = 0
+        hi = lo + (count.astype(_U64) << np.asarray(self._shift, dtype=_U64)[lvl])
+        for level in range(1, maxlvl + 1):
+            sh = _U64(self._shift[level - 1])
+            sel = lvl >= level
+            p_lo = (lo[sel] >> sh).astype(np.int64)
+            p_hi = ((hi[sel] - _U64(1)) >> sh).astype(np.int64)
+            p = _unique_sorted(_expand(p_lo, p_hi - p_lo + 1))
+            ppos = np.searchsorted(prefixes[level - 1], p >> self._bits[level - 1])
+            ppool = pools[level - 1][ppos]
+            slot = p & ((1 << self._bits[level - 1]) - 1)
+            ent = np.zeros(p.size, dtype=_U64)
+            have = ppool >= 0
+            ent[have] = self._pte[ppool[have], slot[have]]
+            present = (ent & PTE_PRESENT) != 0
+            is_table = (ent & PTE_TABLE) != 0
+            leaf_in_way = np.nonzero(present & ~is_table)[0]
+            if leaf_in_way.size:
+                i = int(leaf_in_way[0])
+                at = int(p[i]) << int(sh)
+                raise ValueError(
+                    f"map: IOVA {max(at, int(iova[0])):#x} is already mapped (a "
+                    f"{human_bytes(1 << int(sh))} leaf at {at:#x}, {f.name})")
+            pool = np.where(is_table, (ent >> _CHILD_SHIFT).astype(np.int64), -1)
+            prefixes.append(p)
+            pools.append(pool)
+            parent_pos.append(ppos)
+            new_masks.append(~present)
+            n_new_total += int((~present).sum())
+        # leaf targets must be empty
+        leaf_plan = []
+        for level in sorted(set(lvl.tolist())):
+            sel = lvl == level
+            sh = self._shift[level]
+            g = _expand((lo[sel] >> _U64(sh)).astype(np.int64), count[sel])
+            tpos = np.searchsorted(prefixes[level], g >> self._bits[level])
+            tpool = pools[level][tpos]
+            slot = g & ((1 << self._bits[level]) - 1)
+            have = tpool >= 0
+            if have.any():
+                ent = self._pte[tpool[have], slot[have]]
+                busy = np.nonzero(ent != 0)[0]
+                if busy.size:
+                    at = int(g[have][busy[0]]) << sh
+                    raise ValueError(f"map: IOVA {at:#x} is already mapped ({f.name})")
+            leaf_plan.append((level, sel, g, tpos, slot))
+        # ---- allocate: every table page asks the fault point first (kernel: -ENOMEM)
+        for i in range(n_new_total):
+            if should_fail("pt_alloc"):
+                raise DmaMappingError(
+                    "ENOMEM", f"{f.name}: page-table page {i + 1} of {n_new_total} could not "
+                    f"be allocated mapping IOVA {int(iova[0]):#x}; nothing was mapped")
+        # ---- commit
+        s = self.stats
+        for level in range(1, maxlvl + 1):
+            new = new_masks[level]
+            n = int(new.sum())
+            ppool = pools[level - 1][parent_pos[level]]
+            if n:
+                idx = self._alloc_tables(n, level)
+                pools[level][new] = idx
+                slot = prefixes[level][new] & ((1 << self._bits[level - 1]) - 1)
+                pp = ppool[new]
+                self._pte[pp, slot] = (idx.astype(_U64) << _CHILD_SHIFT) | PTE_PRESENT | PTE_TABLE
+                np.add.at(self._nvalid, pp, 1)
+                s.pte_writes += n
+        for level, sel, g, tpos, slot in leaf_plan:
+            tpool = pools[level][tpos]
+            sz = 1 << self._shift[level]
+            pa_leaf = _expand(pa[sel], count[sel], sz)
+            flat = tpool * self._W + slot
+            self._pte.reshape(-1)[flat] = pa_leaf | PTE_PRESENT
+            self._nvalid += np.bincount(tpool, minlength=self._nvalid.size)
+            n = int(g.size)
+            s.pte_writes += n
+            s.leaves[sz] = s.leaves.get(sz, 0) + n
+            s.leaves_mapped[sz] = s.leaves_mapped.get(sz, 0) + n
+        total = int(size.sum())
+        s.mapped_bytes += total
+        return total
+
+    # ---- unmap ------------------------------------------------------------------------
+    def unmap(self, iova: int, size: int, gather: IommuIotlbGather | None = None) -> int:
+        """``iommu_unmap()``: clear ``[iova, iova + size)``; returns the bytes unmapped.
+
+        Every byte must be mapped by leaves wholly inside the range. With no ``gather`` the
+        invalidation is synced before returning (``iommu_unmap``); with one, the caller syncs
+        (``iommu_unmap_fast`` + ``iommu_iotlb_sync``) or queues it (lazy mode).
+        """
+        iova, size = int(iova), int(size)
+        self._check_run("unmap", iova, size)
+        f = self.fmt
+        end = iova + size
+        own = gather is None
+        if own:
+            gather = IommuIotlbGather()
+        # ---- walk and validate (no writes)
+        g = np.arange(iova >> self._shift[0], ((end - 1) >> self._shift[0]) + 1, dtype=np.int64)
+        pool = np.zeros(g.size, dtype=np.int64)
+        leaf_recs = []     # (level, pool, slot, g)
+        table_recs = []    # (level of child, child pool, parent pool, parent slot)
+        for level in range(f.levels):
+            sh = self._shift[level]
+            mask = (1 << self._bits[level]) - 1
+            slot = g & mask
+            ent = self._pte[pool, slot]
+            present = (ent & PTE_PRESENT) != 0
+            if not present.all():
+                i = int(np.nonzero(~present)[0][0])
+                at = max(int(g[i]) << sh, iova)
+                raise ValueError(f"unmap: IOVA {at:#x} is not mapped ({f.name}); "
+                                 f"nothing was unmapped")
+            is_table = (ent & PTE_TABLE) != 0
+            leaf = ~is_table
+            if leaf.any():
+                gl = g[leaf]
+                cut = np.nonzero(((gl << sh) < iova) | (((gl + 1) << sh) > end))[0]
+                if cut.size:
+                    at = int(gl[cut[0]]) << sh
+                    raise ValueError(
+                        f"unmap: [{iova:#x}, {end:#x}) would split the {human_bytes(1 << sh)} "
+                        f"leaf at {at:#x} ({f.name}); unmap whole leaves")
+                leaf_recs.append((level, pool[leaf], slot[leaf], gl))
+            if not is_table.any():
+                break
+            child = (ent[is_table] >> _CHILD_SHIFT).astype(np.int64)
+            gt = g[is_table]
+            table_recs.append((level + 1, child, pool[is_table], slot[is_table]))
+            nb = self._bits[level + 1]
+            nsh = self._shift[level + 1]
+            c_lo = np.maximum(gt << nb, iova >> nsh)
+            c_hi = np.minimum(((gt + 1) << nb) - 1, (end - 1) >> nsh)
+            cnt = c_hi - c_lo + 1
+            g = _expand(c_lo, cnt)
+            pool = np.repeat(child, cnt)
+        # ---- commit: clear leaves
+        s = self.stats
+        runs = []
+        flat_pte = self._pte.reshape(-1)
+        for level, lpool, lslot, gl in leaf_recs:
+            sz = 1 << self._shift[level]
+            flat_pte[lpool * self._W + lslot] = 0
+            self._nvalid -= np.bincount(lpool, minlength=self._nvalid.size)
+            s.pte_writes += gl.size
+            s.leaves[sz] -= gl.size
+            brk = np.nonzero(np.diff(gl) != 1)[0]
+            starts = np.concatenate([[0], brk + 1])
+            ends = np.concatenate([brk + 1, [gl.size]])
+            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+                runs.append((int(gl[a]) * sz, (int(gl[b - 1]) + 1) * sz, sz, b - a))
+        # ---- free tables left empty, deepest first (kernel: __arm_lpae_free_pgtable)
+        for _level, child, ppool, pslot in reversed(table_recs):
+            empty = self._nvalid[child] == 0
+            if empty.any():
+                flat_pte[ppool[empty] * self._W + pslot[empty]] = 0
+                np.subtract.at(self._nvalid, ppool[empty], 1)
+                s.pte_writes += int(empty.sum())
+                self._free_tables(child[empty])
+        s.mapped_bytes -= size
+        # ---- IOTLB: gather the leaves in IOVA order
+        if not gather.queued:
+            runs.sort()
+            for start, stop, sz, n in runs:
+                iommu_iotlb_gather_add_run(gather, start, stop, sz, self.iotlb_sync)
+                s.iotlb_pages_gathered += n
+        if own:
+            self.iotlb_sync(gather)
+        return size
+
+    def iotlb_sync(self, gather: IommuIotlbGather) -> None:
+        """``iommu_iotlb_sync()``: issue the gathered range invalidation, reset the gather."""
+        if gather.pgsize:
+            self.stats.iotlb_syncs += 1
+            gather.syncs += 1
+        gather.reset()
+
+    def flush_iotlb_all(self) -> None:
+        """``ops->flush_iotlb_all()``: invalidate every translation of the domain."""
+        self.stats.iotlb_flush_all += 1
+
+    # ---- lookups ----------------------------------------------------------------------
+    def iova_to_phys_many(self, iovas: np.ndarray) -> np.ndarray:
+        """``iommu_iova_to_phys()`` for an array of IOVAs (0 where unmapped)."""
+        iovas = np.asarray(iovas, dtype=_U64)
+        out = np.zeros(iovas.shape, dtype=_U64)
+        flat = iovas.ravel()
+        res = out.reshape(-1)
+        ok = flat < _U64(1 << self.fmt.ias)
+        idx = np.nonzero(ok)[0]
+        pool = np.zeros(idx.size, dtype=np.int64)
+        for level in range(self.fmt.levels):
+            sh = _U64(self._shift[level])
+            slot = ((flat[idx] >> sh) & _U64((1 << self._bits[level]) - 1)).astype(np.int64)
+            ent = self._pte[pool, slot]
+            present = (ent & PTE_PRESENT) != 0
+            table = (ent & PTE_TABLE) != 0
+            leaf = present & ~table
+            if leaf.any():
+                off = flat[idx[leaf]] & _U64((1 << int(sh)) - 1)
+                res[idx[leaf]] = (ent[leaf] & ~_U64((1 << 12) - 1)) | off
+            idx = idx[table]
+            pool = (ent[table] >> _CHILD_SHIFT).astype(np.int64)
+            if idx.size == 0:
+                break
+        return out
+
+    def iova_to_phys(self, iova: int) -> int:
+        """``iommu_iova_to_phys()``: the physical address of ``iova``, 0 if not mapped."""
+        iova = int(iova)
+        if iova < 0 or iova >= 1 << self.fmt.ias:
+            return 0
+        return int(self.iova_to_phys_many(np.array([iova], dtype=_U64))[0])
+
+    def leaves(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every live leaf as ``(iova, paddr, size)`` uint64 arrays, in IOVA order."""
+        out_i, out_p, out_s = [], [], []
+        pool = np.zeros(1, dtype=np.int64)
+        base = np.zeros(1, dtype=np.int64)     # global entry index of slot 0 per table
+        for level in range(self.fmt.levels):
+            n = 1 << self._bits[level]
+            rows = self._pte[pool, :n]
+            t, sl = np.nonzero(rows)
+            ent = rows[t, sl]
+            g = base[t] + sl
+            table = (ent & PTE_TABLE) != 0
+            sh = self._shift[level]
+            if (~table).any():
+                out_i.append(g[~table].astype(_U64) << _U64(sh))
+                out_p.append(ent[~table] & ~_U64((1 << 12) - 1))
+                out_s.append(np.full(int((~table).sum()), 1 << sh, dtype=_U64))
+            if not table.any() or level + 1 == self.fmt.levels:
+                break
+            pool = (ent[table] >> _CHILD_SHIFT).astype(np.int64)
+            base = g[table] << self._bits[level + 1]
+        if not out_i:
+            e = np.empty(0, dtype=_U64)
+            return e, e.copy(), e.copy()
+        i, p, s = np.concatenate(out_i), np.concatenate(out_p), np.concatenate(out_s)
+        o = np.argsort(i, kind="stable")
+        return i[o], p[o], s[o]
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return (f"PageTable({self.fmt.name!r}: {human_bytes(s.mapped_bytes)} mapped, "
+                f"{s.table_pages} table pages, {human_bytes(s.table_bytes)})")
