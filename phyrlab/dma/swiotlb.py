@@ -118,9 +118,13 @@ class IoTlbMem:
         return int(self.area_used.sum())
 
     def snapshot(self) -> tuple:
-        """Copies of every array and counter, to compare state before and after an operation."""
+        """Copies of what the pool holds, to compare before and after an operation.
+
+        The search cursor ``area_index`` is left out: the kernel does not rewind it when it
+        gives slots back, so it is a hint, not a holding.
+        """
         return (self.list.copy(), self.orig_addr.copy(), self.alloc_size.copy(),
-                self.area_index.copy(), self.area_used.copy())
+                self.area_used.copy())
 
     def is_swiotlb_buffer(self, paddr: int) -> bool:
         """``is_swiotlb_buffer``."""
