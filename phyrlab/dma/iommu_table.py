@@ -87,7 +87,7 @@ class TableParams:
     bypass: str | None = None  # "per_entry" | "whole" | "window" | None
     force: bool = False  # gart: force_iommu (map even what the device reaches)
     window: tuple[int, int] = (0, 0)  # alpha direct-map window (bus base, size)
-    flush: frozenset[str] = frozenset()  # "map_call", "wrap", "unmap_seg", "page"
+    flush: frozenset[str] = frozenset()  # "alloc", "map_call", "wrap", "unmap_seg", "page"
     hcall_batch: int = 0  # entries per hypercall (sun4v 1024, pseries 512); 0 = none
     entitlement: int | None = None  # vio CMO entitlement in bytes (None = not CMO)
     excess_free: int = 0  # vio_cmo.excess.free available to the device
@@ -140,12 +140,12 @@ ROW_PARAMS: dict[str, TableParams] = {
         entries=65536, dma_base=0, merge="vmerge", flush=frozenset({"unmap_seg"})),
     "jazz_dma_ops": TableParams(
         entries=4096, dma_base=0, alloc="first_fit", last_entry_usable=True,
-        flush=frozenset({"map_call"}), sg_errno="EIO"),
+        flush=frozenset({"alloc"}), sg_errno="EIO"),
     "iounit_dma_ops": TableParams(
         entries=3584, dma_base=0xFC10_0000, last_entry_usable=True, sg_errno="EINVAL"),
     "sbus_iommu_dma_gflush_ops": TableParams(
         entries=16384, dma_base=0xFC00_0000, last_entry_usable=True,
-        flush=frozenset({"map_call", "unmap_seg"}), sg_errno="EINVAL"),
+        flush=frozenset({"alloc", "unmap_seg"}), sg_errno="EINVAL"),
     "sbus_iommu_dma_pflush_ops": TableParams(
         entries=16384, dma_base=0xFC00_0000, last_entry_usable=True,
         flush=frozenset({"page"}), sg_errno="EINVAL"),
@@ -323,6 +323,15 @@ class TableOps(DmaMapOps):
         """One allocation: ``alloc_iommu`` / ``iommu_range_alloc`` / ``__alloc_iova``."""
         if should_fail("iommu_area_alloc"):
             return -1
+        off = self._alloc_index(dev, npages, handle)
+        if off >= 0:
+            if "alloc" in self.p.flush:
+                self.count("iotlb_flushes")
+            if "map_call" in self.p.flush:
+                self.need_flush = True  # iommu_fullflush
+        return off
+
+    def _alloc_index(self, dev: Any, npages: int, handle: int | None) -> int:
         p, t = self.p, self.table
         limit = self._limit(dev)
         boundary = self._boundary(dev)
@@ -344,6 +353,12 @@ class TableOps(DmaMapOps):
                 self.next_bit = 0
                 self._wrap()
         return off
+
+    def _flush_gart(self) -> None:
+        """``flush_gart()``: one flush at the end of a map call if one is pending."""
+        if "map_call" in self.p.flush and self.need_flush:
+            self.count("iotlb_flushes")
+            self.need_flush = False
 
     def _wrap(self) -> None:
         self.need_flush = True
@@ -476,14 +491,12 @@ class TableOps(DmaMapOps):
         idx = self._alloc(dev, npages)
         if idx < 0:
             self._cmo_dealloc(cmo)
-            if "map_call" in self.p.flush:
-                self.count("iotlb_flushes")
+            self._flush_gart()
             raise DmaMappingError(
                 "ENOMEM", f"{self.name}: no room for {npages} I/O pages of {io} bytes "
                 f"(DMA_MAPPING_ERROR); {self.table.in_use()} of {self.p.entries} in use")
         self._write_ptes(idx, np.array([paddr], np.uint64), np.array([size], np.uint64))
-        if "map_call" in self.p.flush:
-            self.count("iotlb_flushes")
+        self._flush_gart()
         return self.p.dma_base + (idx << self.p.io_page_shift) + (paddr & (io - 1))
 
     def unmap_phys(self, dev: Any, dma_addr: int, size: int, direction: str) -> None:
@@ -627,8 +640,7 @@ class TableOps(DmaMapOps):
             idx = self._alloc(dev, npages)
             if idx < 0:
                 self._unwind(taken)
-                if "map_call" in self.p.flush:
-                    self.count("iotlb_flushes")
+                self._flush_gart()
                 if self.p.retry_nonforce and not retried and (self.p.force or self.p.iommu_merge):
                     per = [(i, i + 1, bool(x)) for i, x in
                            enumerate(self._need_nonforce(dev, addr, length))]
@@ -641,8 +653,7 @@ class TableOps(DmaMapOps):
             taken.append((idx, npages))
             tr[c] = True
             dma[c] = self.p.dma_base + (idx << self.p.io_page_shift) + (p0 & (io - 1))
-        if "map_call" in self.p.flush:
-            self.count("iotlb_flushes")
+        self._flush_gart()
         return dma, dlen, tr
 
     def _need_nonforce(self, dev: Any, addr: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -690,8 +701,7 @@ class TableOps(DmaMapOps):
                 len_out.append(n)
                 out_entry = idx
             dma_next = d + n
-        if "map_call" in self.p.flush:
-            self.count("iotlb_flushes")
+        self._flush_gart()
         k = len(dma_out)
         return (np.array(dma_out, np.uint64), np.array(len_out, np.uint64),
                 np.ones(k, dtype=bool))

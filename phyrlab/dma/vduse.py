@@ -1,0 +1,148 @@
+"""``vduse_dev_dma_ops`` (drivers/vdpa/vdpa_user/vduse_dev.c): bounce into an IOVA domain.
+
+Read in the kernel sources: in v6.2 the table is ``{map_page, unmap_page, alloc, free,
+max_mapping_size}`` (no ``map_sg``: ``dma_map_sg_attrs`` would call a NULL ``ops->map_sg``);
+``max_mapping_size`` is ``domain->bounce_size`` (``VDUSE_BOUNCE_SIZE``, 64 MiB). From
+drivers/vdpa/vdpa_user/iova_domain.c (stored file is later than v6.2; the streaming path is
+the same): ``vduse_domain_map_page`` allocates the IOVA with ``alloc_iova_fast(iovad,
+iova_align(size) >> shift, (bounce_size - 1) >> shift, true)`` in ``stream_iovad``
+(``init_iova_domain(PAGE_SIZE, IOVA_START_PFN = 1)``), points one ``bounce_maps[]`` entry per
+page at the original (``orig_phys = pa``, then ``+ PAGE_SIZE``), allocates a bounce page
+lazily for each (``alloc_page(GFP_ATOMIC)``, kept until the domain is released), copies to the
+bounce pages for ``DMA_TO_DEVICE``/``BIDIRECTIONAL`` and returns ``iova`` itself: the DMA
+address is page aligned and the data starts at its offset 0, whatever ``pa``'s offset.
+``vduse_domain_unmap_page`` copies back for ``FROM_DEVICE``/``BIDIRECTIONAL``, resets the
+maps and frees the IOVA. Since v6.17 VDUSE maps through ``virtio_map_ops`` instead.
+
+Simplified: the IOVA allocator is a top-down, size-aligned first fit over a numpy bitmap of
+the bounce region (``alloc_iova`` with ``size_aligned``), without the per-CPU rcache; on a
+failed bounce-page allocation the pages already given ``orig_phys`` are reset (the kernel
+leaves them stale, harmlessly); bounce pages stay allocated, as in the kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from phyrlab.dma.ops import DmaMapOps, OpsEntry, check_direction, register_family
+from phyrlab.errors import DmaMappingError
+from phyrlab.faults import should_fail
+from phyrlab.units import PAGE_SHIFT, PAGE_SIZE, SZ_64M
+
+#: ``VDUSE_BOUNCE_SIZE`` (v6.2 vduse_dev.c).
+VDUSE_BOUNCE_SIZE = SZ_64M
+#: ``IOVA_START_PFN`` (drivers/vdpa/vdpa_user/iova_domain.h).
+IOVA_START_PFN = 1
+
+
+class VduseOps(DmaMapOps):
+    """Per-range bounce through the VDUSE domain; no ``map_sg``."""
+
+    def __init__(self, entry: OpsEntry | None = None, **params: Any):
+        unknown = sorted(set(params) - {"bounce_size"})
+        if unknown:
+            raise ValueError(f"vduse_dev_dma_ops: unknown parameter {unknown[0]!r}")
+        super().__init__(entry, **params)
+        size = int(self.params.get("bounce_size", VDUSE_BOUNCE_SIZE))
+        if size < 2 * PAGE_SIZE:
+            raise ValueError(f"vduse bounce_size {size}: need at least two pages")
+        self.bounce_size = (size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        n = self.bounce_size >> PAGE_SHIFT
+        self.iova_used = np.zeros(n, dtype=bool)
+        self.iova_used[:IOVA_START_PFN] = True
+        self.bounce_page = np.zeros(n, dtype=bool)  # map->bounce_page allocated
+        self.orig_phys = np.full(n, np.iinfo(np.uint64).max, dtype=np.uint64)
+        self.live: dict[int, int] = {}  # iova pfn -> pages
+
+    @property
+    def bounce_pages_allocated(self) -> int:
+        """Bounce pages the domain holds (a cache, freed only at domain release)."""
+        return int(np.count_nonzero(self.bounce_page))
+
+    def resources(self) -> dict[str, int]:
+        """IOVA pages and bounce maps in use."""
+        return {"iova_pages": int(np.count_nonzero(self.iova_used)) - IOVA_START_PFN,
+                "bounce_maps": int(np.count_nonzero(self.orig_phys != np.iinfo(np.uint64).max))}
+
+    def _alloc_iova(self, npages: int) -> int:
+        """``alloc_iova_fast(..., size_aligned=true)``: highest size-aligned free run."""
+        if should_fail("iova_alloc"):
+            return 0
+        align = 1 << max(0, (npages - 1).bit_length())
+        n = len(self.iova_used)
+        top = (n - npages) // align * align
+        if top < 0:
+            return 0
+        cand = np.arange(top, -1, -align)
+        cs = np.concatenate(([0], np.cumsum(self.iova_used.astype(np.int32))))
+        free = (cs[cand + npages] - cs[cand]) == 0
+        hit = np.flatnonzero(free)
+        if not len(hit):
+            return 0
+        pfn = int(cand[hit[0]])
+        self.iova_used[pfn:pfn + npages] = True
+        self.count("iova_allocs")
+        return pfn
+
+    def map_phys(self, dev: Any, paddr: int, size: int, direction: str) -> int:
+        """``vduse_dev_map_page`` -> ``vduse_domain_map_page``."""
+        check_direction(direction)
+        self.count("entries_walked")
+        if size <= 0:
+            raise ValueError(f"{self.name}: map of {size} bytes at {paddr:#x}")
+        npages = -(-size // PAGE_SIZE)  # iova_align(size) >> shift
+        pfn = self._alloc_iova(npages)
+        if not pfn:
+            raise DmaMappingError(
+                "ENOMEM", f"{self.name}: no IOVA for {npages} pages below the bounce limit "
+                f"{self.bounce_size:#x} (DMA_MAPPING_ERROR)")
+        pages = np.arange(pfn, pfn + npages)
+        need = pages[~self.bounce_page[pages]]
+        for k, pg in enumerate(need.tolist()):
+            if should_fail("bounce_alloc"):
+                self.bounce_page[need[:k]] = True  # the kernel keeps what it allocated
+                self.iova_used[pfn:pfn + npages] = False
+                raise DmaMappingError(
+                    "ENOMEM", f"{self.name}: bounce page allocation failed at IOVA page "
+                    f"{pg:#x} (DMA_MAPPING_ERROR)")
+        self.bounce_page[need] = True
+        self.orig_phys[pages] = np.uint64(paddr) + np.arange(npages, dtype=np.uint64) * \
+            np.uint64(PAGE_SIZE)
+        self.live[pfn] = npages
+        if direction in ("to_device", "bidirectional"):
+            self.count("bounce_bytes", size)
+        return pfn << PAGE_SHIFT
+
+    def unmap_phys(self, dev: Any, dma_addr: int, size: int, direction: str) -> None:
+        """``vduse_dev_unmap_page`` -> ``vduse_domain_unmap_page``."""
+        check_direction(direction)
+        pfn = dma_addr >> PAGE_SHIFT
+        npages = -(-size // PAGE_SIZE)
+        if self.live.get(pfn) != npages:
+            raise ValueError(f"{self.name}: unmap of {dma_addr:#x} (+{size:#x}) does not "
+                             "match a live mapping")
+        if direction in ("from_device", "bidirectional"):
+            self.count("bounce_bytes", size)
+        del self.live[pfn]
+        self.orig_phys[pfn:pfn + npages] = np.iinfo(np.uint64).max
+        self.iova_used[pfn:pfn + npages] = False
+
+    def map_sg(self, dev: Any, addr: np.ndarray, length: np.ndarray,
+               direction: str) -> tuple[np.ndarray, np.ndarray, Any]:
+        """Not in the v6.2 table: -EINVAL (the kernel would call a NULL ``map_sg``)."""
+        raise DmaMappingError(
+            "EINVAL", f"{self.name} has no map_sg in v6.2 (dma_map_sg_attrs would call a NULL "
+            "ops->map_sg); map the ranges one at a time with map_phys")
+
+    def max_mapping_size(self, dev: Any) -> int:
+        """``vduse_dev_max_mapping_size``: the bounce region."""
+        return self.bounce_size
+
+
+def _factory(entry: OpsEntry, **params: Any) -> VduseOps:
+    return VduseOps(entry, **params)
+
+
+register_family("vduse", _factory)

@@ -1,0 +1,347 @@
+"""Xen's two ops tables: ``xen_swiotlb_dma_ops`` and ``xen_grant_dma_ops``.
+
+Read in the kernel sources (stored versions are v6.x; the logic matches v6.2):
+
+- drivers/xen/swiotlb-xen.c: ``xen_swiotlb_map_page`` turns the guest physical address into a
+  bus address through the P2M (``xen_phys_to_bus``: ``pfn_to_bfn(pfn) << XEN_PAGE_SHIFT |
+  offset``) and returns it directly when ``dma_capable()``, the range is machine-contiguous
+  (``!range_straddles_page_boundary``) and no bounce is forced; otherwise it bounces through
+  ``swiotlb_tbl_map_single`` and checks the bounce address is capable (else unmaps, fails).
+  ``xen_swiotlb_map_sg`` maps entry by entry (no merging) and on failure unmaps what it
+  mapped and returns -EIO. ``unmap`` gives slots back only for addresses in the pool
+  (``is_xen_swiotlb_buffer``). ``max_mapping_size`` is ``swiotlb_max_mapping_size``.
+- drivers/xen/grant-dma-ops.c: ``xen_grant_dma_map_page`` takes ``XEN_PFN_UP(offset_in_page
+  + size)`` consecutive grant references (``gnttab_alloc_grant_reference_seq``), grants each
+  page to the backend domain, and returns ``XEN_GRANT_DMA_ADDR_OFF (1 << 63) | grant <<
+  XEN_PAGE_SHIFT`` plus the offset; ``map_sg`` per entry, -EIO after unwinding on failure;
+  ``dma_supported`` only for ``DMA_BIT_MASK(64)``.
+
+Simplified: the P2M is a numpy array built from a seed (guest memory handed out in machine-
+contiguous chunks of ``chunk_pages``, in shuffled order, as a PV guest sees it) unless one is
+passed; ``phys_to_dma`` is the identity on top of it; the swiotlb pool here is this module's
+own small model of kernel/dma/swiotlb.c (2 KiB slots, 128-slot segments, page-aligned start
+for mappings of a page or more, ``min_align_mask`` kept), machine-contiguous at
+``pool_dma_base``; grant-table growth (``gnttab_expand``) is not modelled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from phyrlab.dma.ops import (
+    DmaMapOps,
+    OpsEntry,
+    SgCookie,
+    check_direction,
+    dma_limit,
+    register_family,
+)
+from phyrlab.errors import DmaMappingError
+from phyrlab.faults import should_fail
+from phyrlab.units import DMA_BIT_MASK, PAGE_SHIFT, PAGE_SIZE, SZ_64M
+
+XEN_PAGE_SHIFT = PAGE_SHIFT
+XEN_PAGE_SIZE = 1 << XEN_PAGE_SHIFT
+#: ``XEN_GRANT_DMA_ADDR_OFF`` (grant-dma-ops.c): bit 63 marks a grant DMA address.
+XEN_GRANT_DMA_ADDR_OFF = 1 << 63
+#: ``GNTTAB_NR_RESERVED_ENTRIES`` (include/xen/interface/grant_table.h).
+GNTTAB_NR_RESERVED_ENTRIES = 8
+IO_TLB_SHIFT = 11
+IO_TLB_SIZE = 1 << IO_TLB_SHIFT
+IO_TLB_SEGSIZE = 128
+
+_U64 = np.uint64
+
+
+def make_p2m(nr_pages: int, chunk_pages: int = 512, seed: int = 0,
+             mfn_base: int = 0x10_0000) -> np.ndarray:
+    """A P2M (pfn -> machine frame) of ``nr_pages``: contiguous chunks in shuffled order."""
+    if nr_pages <= 0 or chunk_pages <= 0:
+        raise ValueError(f"make_p2m({nr_pages}, {chunk_pages}): both must be positive")
+    nchunks = -(-nr_pages // chunk_pages)
+    order = np.random.default_rng(seed).permutation(nchunks).astype(np.uint64)
+    first = _U64(mfn_base) + order * _U64(chunk_pages)
+    within = np.arange(nr_pages, dtype=np.uint64) % _U64(chunk_pages)
+    return np.repeat(first, chunk_pages)[:nr_pages] + within
+
+
+class _SlotPool:
+    """The swiotlb slot bitmap of one pool (``io_tlb_mem``), machine-contiguous."""
+
+    def __init__(self, size: int, dma_base: int):
+        if size % (IO_TLB_SIZE * IO_TLB_SEGSIZE):
+            raise ValueError(f"swiotlb pool of {size} bytes: not a whole number of segments")
+        self.nslabs = size >> IO_TLB_SHIFT
+        self.used = np.zeros(self.nslabs, dtype=bool)
+        self.dma_base = dma_base
+        self.owner: dict[int, tuple[int, int, int]] = {}  # first slot -> (nslots, orig, size)
+
+    def find_slots(self, nslots: int, stride: int, align_mask: int, orig: int) -> int:
+        """First free run of ``nslots`` inside one 128-slot segment (``swiotlb_find_slots``).
+
+        A slot's address must agree with ``orig`` on ``align_mask`` (the ``min_align_mask``
+        bits above the slot size); the pool itself is taken as aligned to that mask.
+        """
+        if nslots > IO_TLB_SEGSIZE:
+            return -1
+        cand = np.arange(0, self.nslabs - nslots + 1, stride)
+        if align_mask:
+            cand = cand[((cand << IO_TLB_SHIFT) & align_mask) == (orig & align_mask)]
+        seg_ok = (cand % IO_TLB_SEGSIZE) + nslots <= IO_TLB_SEGSIZE
+        cand = cand[seg_ok]
+        cs = np.concatenate(([0], np.cumsum(self.used.astype(np.int32))))
+        free = (cs[cand + nslots] - cs[cand]) == 0
+        hit = np.flatnonzero(free)
+        return int(cand[hit[0]]) if len(hit) else -1
+
+
+class XenSwiotlbOps(DmaMapOps):
+    """``xen_swiotlb_dma_ops``: direct when machine-contiguous and capable, else bounce."""
+
+    def __init__(self, entry: OpsEntry | None = None, **params: Any):
+        allowed = {"p2m", "nr_pages", "chunk_pages", "seed", "mfn_base", "pool_size",
+                   "pool_dma_base", "force_bounce"}
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise ValueError(f"xen_swiotlb_dma_ops: unknown parameter {unknown[0]!r}")
+        super().__init__(entry, **params)
+        p = self.params
+        p2m = p.get("p2m")
+        if p2m is None:
+            p2m = make_p2m(p.get("nr_pages", 1 << 22), p.get("chunk_pages", 512),
+                           p.get("seed", 0), p.get("mfn_base", 0x10_0000))
+        self.p2m = np.asarray(p2m, dtype=np.uint64)
+        self.pool = _SlotPool(p.get("pool_size", SZ_64M), p.get("pool_dma_base", 0x4000_0000))
+        self.force_bounce = bool(p.get("force_bounce", False))
+
+    def resources(self) -> dict[str, int]:
+        """swiotlb slots held."""
+        return {"bounce_slots": int(np.count_nonzero(self.pool.used))}
+
+    # xen_phys_to_dma / range_straddles_page_boundary, vectorized over entries
+    def _check_pfns(self, addr: np.ndarray, length: np.ndarray) -> None:
+        last = (addr + length - _U64(1)) >> _U64(XEN_PAGE_SHIFT)
+        bad = np.flatnonzero(last >= _U64(len(self.p2m)))
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"{self.name}: entry {i} at {int(addr[i]):#x} is beyond the "
+                             f"guest's {len(self.p2m)} pages (no P2M entry)")
+
+    def phys_to_dma(self, addr: np.ndarray) -> np.ndarray:
+        """``xen_phys_to_dma``: machine frame of the page plus the offset."""
+        addr = np.asarray(addr, dtype=np.uint64)
+        pfn = addr >> _U64(XEN_PAGE_SHIFT)
+        return (self.p2m[pfn] << _U64(XEN_PAGE_SHIFT)) | (addr & _U64(XEN_PAGE_SIZE - 1))
+
+    def straddles(self, addr: np.ndarray, length: np.ndarray) -> np.ndarray:
+        """``range_straddles_page_boundary`` per entry: machine frames not consecutive."""
+        pfn0 = addr >> _U64(XEN_PAGE_SHIFT)
+        npg = ((addr & _U64(XEN_PAGE_SIZE - 1)) + length + _U64(XEN_PAGE_SIZE - 1)) >> _U64(
+            XEN_PAGE_SHIFT)
+        npg = npg.astype(np.int64)
+        total = int(npg.sum())
+        owner = np.repeat(np.arange(len(addr)), npg)
+        k = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(npg) - npg, npg)
+        pfns = pfn0[owner] + k.astype(np.uint64)
+        expect = self.p2m[pfn0][owner] + k.astype(np.uint64)
+        bad = self.p2m[pfns] != expect
+        out = np.zeros(len(addr), dtype=bool)
+        np.logical_or.at(out, owner, bad)
+        return out
+
+    def _bounce_map(self, dev: Any, paddr: int, size: int, direction: str) -> int:
+        """``swiotlb_tbl_map_single`` into the Xen pool; -ENOMEM-like failure raises."""
+        min_align = int(getattr(dev, "min_align_mask", 0) or 0)
+        off = paddr & min_align & (IO_TLB_SIZE - 1)  # swiotlb_align_offset()
+        nslots = -(-(size + off) // IO_TLB_SIZE)
+        stride = (PAGE_SIZE // IO_TLB_SIZE) if size >= PAGE_SIZE else 1
+        if should_fail("swiotlb_slot"):
+            idx = -1
+        else:
+            idx = self.pool.find_slots(nslots, stride, min_align & ~(IO_TLB_SIZE - 1), paddr)
+        if idx < 0:
+            raise DmaMappingError(
+                "ENOMEM", f"{self.name}: swiotlb buffer is full (sz: {size} bytes, "
+                f"{nslots} slots; {int(self.pool.used.sum())} of {self.pool.nslabs} used)")
+        self.pool.used[idx:idx + nslots] = True
+        self.pool.owner[idx] = (nslots, paddr, size)
+        self.count("bounce_slots", nslots)
+        dma = self.pool.dma_base + (idx << IO_TLB_SHIFT) + off
+        if dma + size - 1 > dma_limit(dev):
+            self._bounce_unmap(idx, "none")
+            raise DmaMappingError(
+                "ENOMEM", f"{self.name}: bounce buffer at {dma:#x} is beyond the device's "
+                f"DMA limit {dma_limit(dev):#x}")
+        if direction in ("to_device", "bidirectional"):
+            self.count("bounce_bytes", size)
+        return dma
+
+    def _bounce_unmap(self, idx: int, direction: str) -> None:
+        nslots, _orig, size = self.pool.owner.pop(idx)
+        self.pool.used[idx:idx + nslots] = False
+        if direction in ("from_device", "bidirectional"):
+            self.count("bounce_bytes", size)
+
+    def _pool_index(self, dma: int) -> int | None:
+        rel = dma - self.pool.dma_base
+        if 0 <= rel < self.pool.nslabs << IO_TLB_SHIFT:
+            return rel >> IO_TLB_SHIFT
+        return None
+
+    def map_phys(self, dev: Any, paddr: int, size: int, direction: str) -> int:
+        """``xen_swiotlb_map_page``."""
+        check_direction(direction)
+        a = np.array([paddr], np.uint64)
+        n = np.array([size], np.uint64)
+        self._check_pfns(a, n)
+        self.count("entries_walked")
+        dma = int(self.phys_to_dma(a)[0])
+        if (dma + size - 1 <= dma_limit(dev) and not bool(self.straddles(a, n)[0])
+                and not self.force_bounce):
+            return dma
+        return self._bounce_map(dev, paddr, size, direction)
+
+    def unmap_phys(self, dev: Any, dma_addr: int, size: int, direction: str) -> None:
+        """``xen_swiotlb_unmap_page``: slots back only for a pool address."""
+        check_direction(direction)
+        idx = self._pool_index(dma_addr)
+        if idx is None:
+            return
+        if idx not in self.pool.owner:
+            raise ValueError(f"{self.name}: unmap of {dma_addr:#x}: not a mapped bounce buffer")
+        self._bounce_unmap(idx, direction)
+
+    def map_sg(self, dev: Any, addr: np.ndarray, length: np.ndarray,
+               direction: str) -> tuple[np.ndarray, np.ndarray, Any]:
+        """``xen_swiotlb_map_sg``: per entry; direct decision vectorized, bounces in order."""
+        check_direction(direction)
+        addr = np.asarray(addr, dtype=np.uint64)
+        length = np.asarray(length, dtype=np.uint64)
+        self._check_pfns(addr, length)
+        self.count("entries_walked", len(addr))
+        dma = self.phys_to_dma(addr)
+        ok = (dma + length - _U64(1)) <= _U64(dma_limit(dev))
+        ok &= ~self.straddles(addr, length)
+        if self.force_bounce:
+            ok[:] = False
+        out = dma.copy()
+        done: list[int] = []
+        for i in np.flatnonzero(~ok).tolist():
+            try:
+                out[i] = self._bounce_map(dev, int(addr[i]), int(length[i]), direction)
+            except DmaMappingError as exc:
+                for j in done:
+                    slot = self._pool_index(int(out[j]))
+                    assert slot is not None
+                    self._bounce_unmap(slot, "none")
+                raise DmaMappingError(
+                    "EIO", f"{self.name}: map_sg failed at entry {i}: {exc}") from None
+            done.append(i)
+        return out, length.copy(), SgCookie(bounced=~ok)
+
+    def unmap_sg(self, dev: Any, dma_addr: np.ndarray, dma_len: np.ndarray, direction: str,
+                 cookie: Any) -> None:
+        """``xen_swiotlb_unmap_sg``: per entry."""
+        check_direction(direction)
+        for a in np.asarray(dma_addr).tolist():
+            idx = self._pool_index(a)
+            if idx is not None:
+                self._bounce_unmap(idx, direction)
+
+    def bounced_mask(self, dev: Any, dma_addr: np.ndarray, dma_len: np.ndarray) -> np.ndarray:
+        """``is_xen_swiotlb_buffer`` per entry."""
+        rel = np.asarray(dma_addr, dtype=np.uint64) - _U64(self.pool.dma_base)
+        size = _U64(self.pool.nslabs << IO_TLB_SHIFT)
+        return (np.asarray(dma_addr, np.uint64) >= _U64(self.pool.dma_base)) & (rel < size)
+
+    def max_mapping_size(self, dev: Any) -> int:
+        """``swiotlb_max_mapping_size``: one segment, less the ``min_align_mask`` padding."""
+        mask = int(getattr(dev, "min_align_mask", 0) or 0)
+        pad = -(-mask // IO_TLB_SIZE) * IO_TLB_SIZE if mask else 0
+        return IO_TLB_SIZE * IO_TLB_SEGSIZE - pad
+
+    def dma_supported(self, dev: Any, mask: int) -> bool:
+        """``xen_swiotlb_dma_supported``: the pool's top must be reachable."""
+        return self.pool.dma_base + (self.pool.nslabs << IO_TLB_SHIFT) - 1 <= mask
+
+
+class XenGrantOps(DmaMapOps):
+    """``xen_grant_dma_ops``: consecutive grant references per range, address bit 63 set."""
+
+    def __init__(self, entry: OpsEntry | None = None, **params: Any):
+        unknown = sorted(set(params) - {"nr_grants"})
+        if unknown:
+            raise ValueError(f"xen_grant_dma_ops: unknown parameter {unknown[0]!r}")
+        super().__init__(entry, **params)
+        # 64 grant frames of 512 v1 entries (gnttab_max_grant_frames default 64).
+        n = int(self.params.get("nr_grants", 64 * 512))
+        self.free = np.ones(n, dtype=bool)
+        self.free[:GNTTAB_NR_RESERVED_ENTRIES] = False
+        self.frames = np.zeros(n, dtype=np.uint64)
+
+    def resources(self) -> dict[str, int]:
+        """Grant references held."""
+        return {"grants": int(np.count_nonzero(~self.free)) - GNTTAB_NR_RESERVED_ENTRIES}
+
+    def _alloc_seq(self, count: int) -> int:
+        """``gnttab_alloc_grant_reference_seq``: first run of ``count`` free references."""
+        if should_fail("grant_alloc"):
+            return -1
+        cs = np.concatenate(([0], np.cumsum(self.free.astype(np.int32))))
+        cand = np.flatnonzero((cs[count:] - cs[:-count]) == count)
+        if not len(cand):
+            return -1
+        g = int(cand[0])
+        self.free[g:g + count] = False
+        return g
+
+    def map_phys(self, dev: Any, paddr: int, size: int, direction: str) -> int:
+        """``xen_grant_dma_map_page``."""
+        check_direction(direction)
+        self.count("entries_walked")
+        off = paddr & (XEN_PAGE_SIZE - 1)
+        n_pages = -(-(off + size) // XEN_PAGE_SIZE)
+        g = self._alloc_seq(n_pages)
+        if g < 0:
+            raise DmaMappingError(
+                "ENOMEM", f"{self.name}: no {n_pages} consecutive grant references free "
+                f"(DMA_MAPPING_ERROR); {int((~self.free).sum())} of {len(self.free)} in use")
+        pfn = paddr >> XEN_PAGE_SHIFT
+        self.frames[g:g + n_pages] = np.arange(pfn, pfn + n_pages, dtype=np.uint64)
+        self.count("grants", n_pages)
+        return XEN_GRANT_DMA_ADDR_OFF | (g << XEN_PAGE_SHIFT) | off
+
+    def unmap_phys(self, dev: Any, dma_addr: int, size: int, direction: str) -> None:
+        """``xen_grant_dma_unmap_page``: end foreign access, free the references."""
+        check_direction(direction)
+        off = dma_addr & (XEN_PAGE_SIZE - 1)
+        n_pages = -(-(off + size) // XEN_PAGE_SIZE)
+        g = (dma_addr & ~XEN_GRANT_DMA_ADDR_OFF) >> XEN_PAGE_SHIFT
+        if not dma_addr & XEN_GRANT_DMA_ADDR_OFF or g + n_pages > len(self.free) or \
+                self.free[g:g + n_pages].any():
+            raise ValueError(f"{self.name}: unmap of {dma_addr:#x}: not a granted address")
+        self.free[g:g + n_pages] = True
+        self.frames[g:g + n_pages] = 0
+
+    def map_sg(self, dev: Any, addr: np.ndarray, length: np.ndarray,
+               direction: str) -> tuple[np.ndarray, np.ndarray, Any]:
+        """``xen_grant_dma_map_sg``: per entry, -EIO after unwinding."""
+        try:
+            return super().map_sg(dev, addr, length, direction)
+        except DmaMappingError as exc:
+            raise DmaMappingError("EIO", f"{self.name}: map_sg: {exc}") from None
+
+    def dma_supported(self, dev: Any, mask: int) -> bool:
+        """``xen_grant_dma_supported``: only a 64-bit mask."""
+        return mask == DMA_BIT_MASK(64)
+
+
+def _factory(entry: OpsEntry, **params: Any) -> DmaMapOps:
+    if entry.name == "xen_grant_dma_ops":
+        return XenGrantOps(entry, **params)
+    return XenSwiotlbOps(entry, **params)
+
+
+register_family("xen", _factory)
