@@ -208,6 +208,10 @@ def _check_live(dev, dma_list: DmaList, direction: str | None, what: str) -> Non
 def dma_unmap(dev, dma_list: DmaList, direction: str | None = None) -> DmaStats:
     """``dma_unmap_sgtable``: undo :func:`dma_map`; the counters of the unmap."""
     _check_live(dev, dma_list, direction, "dma_unmap")
+    if type(dma_list.cookie).__name__ == "DmaIovaState":
+        from phyrlab.dma.iova_state import dma_unmap_iova
+
+        return dma_unmap_iova(dev, dma_list)
     before = _counters(dev)
     ops = dev.ops
     if dma_list.per_range:
