@@ -153,6 +153,13 @@ class TestGart:
         assert dev.ops.map_phys(dev, 0x2000, 100, "to_device") == \
             self.BASE + GART_EMERGENCY_PAGES * PAGE_SIZE
 
+    def test_gart_cannot_remap_above_1tib(self):
+        dev = dev_for("gart_dma_ops")
+        with pytest.raises(DmaMappingError) as exc:
+            dev.ops.map_phys(dev, (1 << 40) - 100, 4096, "to_device")  # GART_MAX_PHYS_ADDR
+        assert exc.value.errno == "ENOMEM"
+        assert dev.ops.resources()["table_entries"] == 0
+
     def test_no_merge_without_iommu_merge(self):
         dev = dev_for("gart_dma_ops")
         dma, dlen, _ = map_sg(dev, [HIGH, 2 * HIGH], [4096, 4096])

@@ -96,6 +96,7 @@ class TableParams:
     sg_errno: str = "ENOMEM"  # errno map_sg returns when the table is full
     retry_nonforce: bool = False  # gart: after a merged overflow, retry entry by entry
     iommu_merge: bool = True  # gart: x86 ``iommu_merge`` (0 unless ``iommu=merge``)
+    max_phys: int = 0  # gart: GART_MAX_PHYS_ADDR (1 TiB); 0 = no limit
 
     @property
     def io_page(self) -> int:
@@ -107,7 +108,7 @@ ROW_PARAMS: dict[str, TableParams] = {
     "gart_dma_ops": TableParams(
         entries=16384, dma_base=0xC000_0000, reserved=(0, GART_EMERGENCY_PAGES),
         merge="vmerge", bypass="per_entry", flush=frozenset({"map_call"}), bump_on_free=True,
-        retry_nonforce=True, iommu_merge=False),
+        retry_nonforce=True, iommu_merge=False, max_phys=1 << 40),
     "dma_iommu_ops": TableParams(
         entries=65536, reserved=(0, 1), alloc="ppc_pools", last_entry_usable=False,
         merge="dma_contig", bypass="whole", sg_errno="EIO"),
@@ -483,6 +484,7 @@ class TableOps(DmaMapOps):
             return direct
         io = self.p.io_page
         npages = int(iommu_num_pages(paddr, size, io))
+        self._check_max_phys(paddr, size)
         cmo = int(self._roundup_io(size))
         if not self._cmo_alloc(cmo):
             raise DmaMappingError(
@@ -498,6 +500,12 @@ class TableOps(DmaMapOps):
         self._write_ptes(idx, np.array([paddr], np.uint64), np.array([size], np.uint64))
         self._flush_gart()
         return self.p.dma_base + (idx << self.p.io_page_shift) + (paddr & (io - 1))
+
+    def _check_max_phys(self, paddr: int, size: int) -> None:
+        if self.p.max_phys and paddr + size > self.p.max_phys:
+            raise DmaMappingError(
+                "ENOMEM", f"{self.name}: [{paddr:#x}, +{size:#x}) is beyond "
+                f"GART_MAX_PHYS_ADDR {self.p.max_phys:#x} (bad_dma_addr)")
 
     def unmap_phys(self, dev: Any, dma_addr: int, size: int, direction: str) -> None:
         """``unmap_page``: clear and free the entries (nothing for a bypassed address)."""
@@ -637,7 +645,8 @@ class TableOps(DmaMapOps):
                     continue
             sa, sl = _coalesce(addr[a:b], length[a:b])
             npages = int(iommu_num_pages(sa, sl, io).sum())
-            idx = self._alloc(dev, npages)
+            too_high = bool(self.p.max_phys) and int((sa + sl).max()) > self.p.max_phys
+            idx = -1 if too_high else self._alloc(dev, npages)
             if idx < 0:
                 self._unwind(taken)
                 self._flush_gart()
