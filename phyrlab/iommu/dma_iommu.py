@@ -166,7 +166,10 @@ def iommu_dma_map_phys(domain: IommuDmaDomain, paddr: int, size: int, dma_limit:
 
 
 def _check_unmap(domain: IommuDmaDomain, dma_addr: int, size: int) -> None:
+    """The unmap must name a live allocation of this size (the kernel WARNs, then corrupts)."""
     pfn = dma_addr >> domain.shift
+    if pfn in domain.iovad.cached_pfns_view() or domain.iotlb.is_pending(pfn):
+        raise ValueError(f"unmap: DMA address {dma_addr:#x} is already unmapped")
     found = domain.iovad.find_iova(pfn)
     want = _iova_pages(domain, size)
     if found is None or found[0] != pfn or found[1] - found[0] + 1 != want:
@@ -185,7 +188,7 @@ def iommu_dma_unmap_phys(domain: IommuDmaDomain, dma_addr: int, size: int) -> No
     iova_off = dma_addr & (domain.granule - 1)
     dma_addr -= iova_off
     size = (size + iova_off + domain.granule - 1) & ~(domain.granule - 1)
-    _check_unmap(domain, dma_addr, size)
+    _check_unmap(domain, dma_addr + iova_off, size)
     gather = IommuIotlbGather(queued=not domain.strict)
     domain.pt.unmap(dma_addr, size, gather)
     if not gather.queued:

@@ -135,6 +135,9 @@ class StrictInvalidation:
     def pending(self) -> list[tuple[int, int]]:
         return []
 
+    def is_pending(self, pfn: int) -> bool:
+        return False
+
     def stats(self) -> dict:
         return {"mode": self.mode, "flushes": self.flushes, "unmaps": self.unmaps,
                 "flush_all": 0, "stale": self.stale.as_dict()}
@@ -165,6 +168,7 @@ class FlushQueue:
     flushes_timeout: int = 0
     unmaps: int = 0
     stale: StaleWindows = field(default_factory=StaleWindows)
+    _pending_pfns: set = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.fq_size < 2:
@@ -190,6 +194,7 @@ class FlushQueue:
         """``fq_ring_free()``: give back entries queued before the last finished flush."""
         while self.entries and self.entries[0].counter < self.fq_flush_finish_cnt:
             e = self.entries.popleft()
+            self._pending_pfns.discard(e.iova_pfn)
             self.stale.add(e.pages, now_ns - e.queued_ns)
             self.free_iova(e.iova_pfn, e.pages)
 
@@ -212,6 +217,7 @@ class FlushQueue:
             self.flushes_full += 1
             self._ring_free(now_ns)
         self.entries.append(_FqEntry(iova_pfn, pages, self.fq_flush_start_cnt, now_ns))
+        self._pending_pfns.add(iova_pfn)
         if self.timer_deadline_ns is None:
             self.timer_deadline_ns = now_ns + self.fq_timeout_ns
 
@@ -225,6 +231,9 @@ class FlushQueue:
     def pending(self) -> list[tuple[int, int]]:
         """(pfn, pages) still waiting for a flush."""
         return [(e.iova_pfn, e.pages) for e in self.entries]
+
+    def is_pending(self, pfn: int) -> bool:
+        return pfn in self._pending_pfns
 
     def stats(self) -> dict:
         return {"mode": self.mode, "flushes": self.flushes, "unmaps": self.unmaps,

@@ -324,6 +324,10 @@ class IovaDomain:
     def _cached_set(self) -> set[int]:
         return set(self._cached)
 
+    def cached_pfns_view(self) -> set[int]:
+        """The live set of cached ``pfn_lo`` (do not modify)."""
+        return self._cached
+
     def cached_pfns(self) -> set[int]:
         """Ranges (by ``pfn_lo``) held in the range caches: allocated in the tree, unused."""
         return self._cached_set()
