@@ -46,7 +46,7 @@ _LABEL = re.compile(r"\[([0-9a-f]{4,8}):([0-9a-f]{2})\]-")
 _DEV = re.compile(r"([01][0-9a-f])\.([0-7])")
 _MARKER = re.compile(r"-\[([0-9a-f]{2})(?:-([0-9a-f]{2}))?\]-")
 _IDS_NN = re.compile(r"^(.*?)\s*\[([0-9a-f]{4}):([0-9a-f]{4})\]\s*$", re.I)
-_IDS_N = re.compile(r"^([0-9a-f]{4}):([0-9a-f]{4})\s*$", re.I)
+_IDS_N = re.compile(r"^(?:Device )?([0-9a-f]{4}):([0-9a-f]{4})\s*$", re.I)
 _BASES = re.compile(
     r"^(?:Region (\d): )?(?:\[virtual\] |\[enhanced\] )?(Memory at|I/O ports at) "
     r"(\S+)(?: \(([^)]*)\))?(?: \[disabled\])?(?: \[size=(\d+[KMGT]?)\])?\s*$")
@@ -104,6 +104,7 @@ class _Parser:
         self.open: dict[int, _Bus] = {}
         self.nodes: dict[str, _Node] = {}
         self.last_leaf: _Node | None = None
+        self.slot = 0
         self.lineno = 0
         self.line = ""
 
@@ -209,6 +210,7 @@ class _Parser:
         node = _Node(bdf, bus.parent, self.lineno, bridge=False, name=tail.strip(), bars=[])
         self.nodes[bdf] = node
         self.last_leaf = node
+        self.slot = 0
 
     def bases(self, text: str) -> None:
         m = _BASES.match(text)
@@ -219,7 +221,9 @@ class _Parser:
             addr = int(m[3], 16)
         except ValueError:
             return  # <unassigned> / <ignored>
-        index = int(m[1]) if m[1] else len(self.last_leaf.bars)
+        # show_bases() skips empty slots and a 64-bit BAR takes two: best-effort index
+        index = int(m[1]) if m[1] else self.slot
+        self.slot = index + (2 if m[4] and "64-bit" in m[4] else 1)
         pref = bool(m[4]) and "non-prefetchable" not in m[4]
         self.last_leaf.bars.append(Bar(index, addr, parse_size(m[5]), prefetchable=pref))
 
