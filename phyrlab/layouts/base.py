@@ -121,10 +121,12 @@ def check_pages(pfns: Any, offset: int, size: int | None, page_size: int = PAGE_
 def merge_ranges(addr: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Merge neighbours that are physically contiguous (``addr[i] + len[i] == addr[i+1]``)."""
     if addr.size <= 1:
-        return addr.copy(), length.copy()
-    joins = (addr[1:] - addr[:-1]) == length[:-1]
+        return addr, length
+    step = np.subtract(addr[1:], addr[:-1])
+    joins = step == length[:-1]
+    del step
     if not joins.any():
-        return addr.copy(), length.copy()
+        return addr, length
     starts = np.flatnonzero(np.concatenate(([True], ~joins)))
     ends = np.concatenate((starts[1:], [addr.size])) - 1
     new_len = (addr[ends] - addr[starts]) + length[ends]
@@ -138,6 +140,8 @@ def split_ranges(addr: np.ndarray, length: np.ndarray, first: np.ndarray | int, 
     ``first`` may be per range (e.g. the distance to the next boundary); pieces never exceed
     what is left of the range.
     """
+    if np.isscalar(first) and length.size and int(length.max()) <= int(first):
+        return addr, length
     first = np.minimum(np.broadcast_to(U64(first) if np.isscalar(first) else first,
                                        length.shape), length)
     rest = length - first
@@ -182,29 +186,62 @@ def split_segments(addr: np.ndarray, length: np.ndarray, max_seg: int, boundary:
     return addr, length
 
 
+def page_runs(pfns: np.ndarray, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """First index and length in entries of each run of PFNs ``stride`` apart."""
+    n = pfns.size
+    starts_mask = np.empty(n, dtype=bool)
+    starts_mask[0] = True
+    if n > 1:
+        step = np.subtract(pfns[1:], pfns[:-1])
+        np.not_equal(step, U64(stride), out=starts_mask[1:])
+        del step
+    starts = np.flatnonzero(starts_mask)
+    del starts_mask
+    pages = np.empty(starts.size, dtype=U64)
+    np.subtract(starts[1:], starts[:-1], out=pages[:-1], casting="unsafe")
+    pages[-1] = n - starts[-1]
+    return starts, pages
+
+
 def pages_to_ranges(pfns: np.ndarray, offset: int, size: int, page_size: int = PAGE_SIZE
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Merged physical ranges of validated ``(pfns, offset, size)`` (runs of consecutive PFNs)."""
-    n = pfns.size
-    if n > 1:
-        breaks = np.flatnonzero(pfns[1:] - pfns[:-1] != U64(1)) + 1
-    else:
-        breaks = np.empty(0, dtype=np.intp)
-    starts = np.concatenate(([0], breaks))
-    pages = np.diff(np.concatenate((starts, [n]))).astype(U64)
-    ps = U64(page_size)
-    addr = pfns[starts] * U64(PAGE_SIZE)
-    length = pages * ps
+    """Merged physical ranges of validated ``(pfns, offset, size)`` (runs of consecutive PFNs).
+
+    With ``page_size`` above 4 KiB, ``pfns`` are the 4 KiB PFNs of each large page's start.
+    """
+    starts, length = page_runs(pfns, page_size // PAGE_SIZE)
+    addr = pfns[starts]
+    del starts
+    addr <<= U64(PAGE_SHIFT)
+    length *= U64(page_size)
     addr[0] += U64(offset)
     length[0] -= U64(offset)
-    tail = n * page_size - offset - size
+    tail = pfns.size * page_size - offset - size
     length[-1] -= U64(tail)
     return addr, length
 
 
 def page_pointer(pfns: np.ndarray) -> np.ndarray:
     """``struct page *`` of each PFN in the x86-64 vmemmap (``pfn_to_page``: 64-byte pages)."""
-    return U64(VMEMMAP_START) + pfns * U64(STRUCT_PAGE_SIZE)
+    out = pfns << U64(6)
+    out += U64(VMEMMAP_START)
+    return out
+
+
+def addr_to_page_pointer(addr: np.ndarray) -> np.ndarray:
+    """``virt_to_page``-style: the ``struct page *`` of the page holding each address."""
+    out = addr >> U64(PAGE_SHIFT - 6)
+    out &= ~U64(STRUCT_PAGE_SIZE - 1)
+    out += U64(VMEMMAP_START)
+    return out
+
+
+def page_pointer_to_addr(ptrs: np.ndarray) -> np.ndarray:
+    """Physical address of each page pointer's page (``page_to_phys``); low flag bits ignored."""
+    out = ptrs & ~U64(STRUCT_PAGE_SIZE - 1)
+    out -= U64(VMEMMAP_START)
+    out <<= U64(PAGE_SHIFT - 6)
+    return out
 
 
 def pointer_pfn(ptrs: np.ndarray) -> np.ndarray:
@@ -264,8 +301,14 @@ class Layout:
         return int(self._entry_ranges()[1].sum(dtype=U64))
 
     def ranges(self) -> tuple[np.ndarray, np.ndarray]:
-        """The physical ranges ``(addr, length)`` in order, contiguous neighbours merged."""
-        return merge_ranges(*self._entry_ranges())
+        """The physical ranges ``(addr, length)`` in order, contiguous neighbours merged.
+
+        Read-only arrays: a caller (a DMA backend) cannot write the CPU-side list through them.
+        """
+        addr, length = merge_ranges(*self._entry_ranges())
+        addr.flags.writeable = False
+        length.flags.writeable = False
+        return addr, length
 
     def segments(self, max_seg: int = U64_MAX, boundary: int = U64_MAX
                  ) -> tuple[np.ndarray, np.ndarray]:

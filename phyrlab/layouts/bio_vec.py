@@ -14,8 +14,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..units import PAGE_SHIFT, PAGE_SIZE
-from .base import MAX_U32_CHUNK, U64, Layout, page_pointer, pointer_pfn, split_ranges
+from ..units import PAGE_SIZE
+from .base import (
+    MAX_U32_CHUNK,
+    U64,
+    Layout,
+    addr_to_page_pointer,
+    page_pointer_to_addr,
+    split_ranges,
+)
 
 BIO_VEC_DTYPE = np.dtype([("bv_page", "<u8"), ("bv_len", "<u4"), ("bv_offset", "<u4")])
 
@@ -35,14 +42,15 @@ class BioVec(Layout):
     def _build(cls, addr: np.ndarray, length: np.ndarray) -> BioVec:
         addr, length = split_ranges(addr, length, MAX_U32_CHUNK, MAX_U32_CHUNK)
         entries = np.empty(addr.size, dtype=cls.dtype)
-        entries["bv_page"] = page_pointer(addr >> U64(PAGE_SHIFT))
+        entries["bv_page"] = addr_to_page_pointer(addr)
         entries["bv_len"] = length
         entries["bv_offset"] = addr & U64(PAGE_SIZE - 1)
         return cls(entries)
 
     def _entry_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         e = self.entries
-        addr = (pointer_pfn(e["bv_page"]) << U64(PAGE_SHIFT)) + e["bv_offset"].astype(U64)
+        addr = page_pointer_to_addr(e["bv_page"])
+        addr += e["bv_offset"]
         return addr, e["bv_len"].astype(U64)
 
     def __len__(self) -> int:

@@ -92,6 +92,12 @@ class PageList(Layout):
     def total_length(self) -> int:
         return self.length
 
+    def ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        addr, length = pages_to_ranges(self.pfns, self.offset, self.length, self.page_size)
+        addr.flags.writeable = False
+        length.flags.writeable = False
+        return addr, length
+
     def _entry_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         ps = U64(self.page_size)
         addr = self.pfns << U64(PAGE_SHIFT)

@@ -27,6 +27,7 @@ from .base import (
     check_pages,
     check_ranges,
     merge_ranges,
+    page_runs,
     pages_to_ranges,
     split_ranges,
 )
@@ -57,7 +58,15 @@ class PfnRun(Layout):
     @classmethod
     def from_pages(cls, pfns: Any, offset: int = 0, size: int | None = None) -> PfnRun:
         p, off, sz = check_pages(pfns, offset, size)
-        return cls._build(*pages_to_ranges(p, off, sz))
+        starts, pages = page_runs(p)
+        if int(pages.max()) > MAX_RUN_PAGES:
+            return cls._build(*pages_to_ranges(p, off, sz))
+        words = p[starts]
+        del starts
+        words <<= U64(RUN_BITS)
+        pages -= U64(1)
+        words |= pages
+        return cls(words, off, sz)
 
     @classmethod
     def _build(cls, addr: np.ndarray, length: np.ndarray) -> PfnRun:
@@ -67,8 +76,10 @@ class PfnRun(Layout):
         span = (addr + length - first + mask) & ~mask  # whole pages covered
         run_addr, run_len = split_ranges(first, span, MAX_RUN_PAGES * PAGE_SIZE,
                                          MAX_RUN_PAGES * PAGE_SIZE)
-        words = ((run_addr >> U64(PAGE_SHIFT)) << U64(RUN_BITS)) | (
-            (run_len >> U64(PAGE_SHIFT)) - U64(1))
+        words = run_addr  # page-aligned: (pfn << 12) is the address itself
+        run_len >>= U64(PAGE_SHIFT)
+        run_len -= U64(1)
+        words |= run_len
         return cls(words, int(addr[0] & mask), int(length.sum(dtype=U64)))
 
     def __len__(self) -> int:
@@ -83,8 +94,10 @@ class PfnRun(Layout):
         return self.length
 
     def _entry_ranges(self) -> tuple[np.ndarray, np.ndarray]:
-        addr = (self.words >> U64(RUN_BITS)) << U64(PAGE_SHIFT)
-        length = ((self.words & U64(MAX_RUN_PAGES - 1)) + U64(1)) << U64(PAGE_SHIFT)
+        addr = self.words & ~U64(MAX_RUN_PAGES - 1)  # (pfn << 12) is the address
+        length = self.words & U64(MAX_RUN_PAGES - 1)
+        length += U64(1)
+        length <<= U64(PAGE_SHIFT)
         addr[0] += U64(self.offset)
         length[0] -= U64(self.offset)
         tail = int(length.sum(dtype=U64)) - self.length

@@ -27,9 +27,10 @@ from .base import (
     MAX_U32_CHUNK,
     U64,
     Layout,
+    addr_to_page_pointer,
     check_pages,
-    page_pointer,
-    pointer_pfn,
+    page_pointer_to_addr,
+    page_runs,
     split_ranges,
 )
 
@@ -96,17 +97,16 @@ class SgTable(Layout):
     def _from_entries(cls, addr: np.ndarray, length: np.ndarray) -> SgTable:
         n = addr.size
         chunks = sg_chunks(n)
-        total = n + len(chunks) - 1
-        entries = np.zeros(total, dtype=cls.dtype)
-        data = _data_mask(chunks, total)
-        link = page_pointer(addr >> U64(PAGE_SHIFT))
+        entries = np.zeros(n + len(chunks) - 1, dtype=cls.dtype)
+        link = addr_to_page_pointer(addr)
         link[-1] |= U64(SG_END)
-        entries["page_link"][data] = link
-        entries["offset"][data] = addr & U64(PAGE_SIZE - 1)
-        entries["length"][data] = length
-        chain_at = np.flatnonzero(~data)
-        entries["page_link"][chain_at] = (
-            (np.arange(1, chain_at.size + 1, dtype=U64) << U64(12)) | U64(SG_CHAIN))
+        offset = addr & U64(PAGE_SIZE - 1)
+        for field, values in (("page_link", link), ("offset", offset), ("length", length)):
+            _scatter(entries[field], values, len(chunks))
+        full = len(chunks) - 1
+        links = np.arange(1, full + 1, dtype=U64) << U64(12)
+        entries["page_link"][SG_MAX_SINGLE_ALLOC - 1: full * SG_MAX_SINGLE_ALLOC:
+                             SG_MAX_SINGLE_ALLOC] = links | U64(SG_CHAIN)
         return cls(entries, n)
 
     @classmethod
@@ -128,13 +128,14 @@ class SgTable(Layout):
         """Bytes the kernel's allocators really hand out: each chunk rounded to its slab size."""
         return SG_TABLE_SIZE + sum(sg_kmalloc_bytes(c) for c in self.chunks)
 
-    def _data(self) -> np.ndarray:
-        return self.entries[(self.entries["page_link"] & U64(SG_CHAIN)) == 0]
+    def _field(self, name: str) -> np.ndarray:
+        """One field of the data entries (chain links skipped), as a contiguous array."""
+        return _gather(self.entries[name], self.orig_nents, len(self.chunks))
 
     def _entry_ranges(self) -> tuple[np.ndarray, np.ndarray]:
-        d = self._data()
-        pfn = pointer_pfn(d["page_link"] & ~U64(SG_PAGE_LINK_MASK))
-        return (pfn << U64(PAGE_SHIFT)) + d["offset"].astype(U64), d["length"].astype(U64)
+        addr = page_pointer_to_addr(self._field("page_link"))
+        addr += self._field("offset")
+        return addr, self._field("length").astype(U64)
 
     # -- the old, combined DMA style
     def set_dma(self, dma_addr: np.ndarray, dma_len: np.ndarray) -> None:
@@ -146,24 +147,38 @@ class SgTable(Layout):
             raise RangeError(f"{n} DMA segments do not fit in {self.orig_nents} entries")
         if n and int(dma_len.max()) > UINT_MAX:
             raise RangeError(f"dma_length {int(dma_len.max()):#x} does not fit in 32 bits")
-        data = np.flatnonzero((self.entries["page_link"] & U64(SG_CHAIN)) == 0)
-        self.entries["dma_address"][data] = 0
-        self.entries["dma_length"][data] = 0
-        self.entries["dma_address"][data[:n]] = dma_addr
-        self.entries["dma_length"][data[:n]] = dma_len
+        pad = self.orig_nents - n
+        for field, values in (("dma_address", dma_addr), ("dma_length", dma_len)):
+            full = np.concatenate((values, np.zeros(pad, dtype=values.dtype)))
+            _scatter(self.entries[field], full, len(self.chunks))
         self.nents = n
 
     def dma_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         """``(sg_dma_address, sg_dma_len)`` of the ``nents`` mapped entries."""
-        d = self._data()[: self.nents]
-        return d["dma_address"].copy(), d["dma_length"].astype(U64)
+        return (self._field("dma_address")[: self.nents],
+                self._field("dma_length")[: self.nents].astype(U64))
 
 
-def _data_mask(chunks: list[int], total: int) -> np.ndarray:
-    mask = np.ones(total, dtype=bool)
-    ends = np.cumsum(chunks)[:-1] - 1  # last entry of every chunk but the final one
-    mask[ends] = False
-    return mask
+def _scatter(field: np.ndarray, values: np.ndarray, nchunks: int) -> None:
+    """Write data values into a chained entry array, skipping each full chunk's chain link."""
+    full = nchunks - 1
+    per = SG_MAX_SINGLE_ALLOC - 1
+    if full:
+        field[: full * SG_MAX_SINGLE_ALLOC].reshape(full, SG_MAX_SINGLE_ALLOC)[:, :per] = \
+            values[: full * per].reshape(full, per)
+    field[full * SG_MAX_SINGLE_ALLOC:] = values[full * per:]
+
+
+def _gather(field: np.ndarray, n: int, nchunks: int) -> np.ndarray:
+    """Inverse of :func:`_scatter`: the ``n`` data values of a chained entry array."""
+    full = nchunks - 1
+    per = SG_MAX_SINGLE_ALLOC - 1
+    out = np.empty(n, dtype=field.dtype)
+    if full:
+        out[: full * per].reshape(full, per)[:] = \
+            field[: full * SG_MAX_SINGLE_ALLOC].reshape(full, SG_MAX_SINGLE_ALLOC)[:, :per]
+    out[full * per:] = field[full * SG_MAX_SINGLE_ALLOC:]
+    return out
 
 
 def sg_alloc_table_from_pages(pfns: Any, offset: int = 0, size: int | None = None,
@@ -182,23 +197,20 @@ def sg_alloc_table_from_pages(pfns: Any, offset: int = 0, size: int | None = Non
     pfns, offset, size = check_pages(pfns, offset, size)
     n = pfns.size
     max_pages = max_segment // PAGE_SIZE
-    if n > 1:
-        breaks = np.flatnonzero(pfns[1:] - pfns[:-1] != U64(1)) + 1
-    else:
-        breaks = np.empty(0, dtype=np.intp)
-    run_start = np.concatenate(([0], breaks))
-    run_pages = np.diff(np.concatenate((run_start, [n])))
-    # a run of L pages becomes ceil(L / max_pages) chunks of max_pages pages from its start
-    per_run = -(-run_pages // max_pages)
-    if np.all(per_run == 1):
+    run_start, run_pages = page_runs(pfns)
+    if int(run_pages.max()) <= max_pages:
         first_page, chunk_pages = run_start, run_pages
     else:
+        # a run of L pages becomes ceil(L / max_pages) chunks of max_pages pages from its start
+        run_pages = run_pages.astype(np.int64)
+        per_run = -(-run_pages // max_pages)
         idx = np.repeat(np.arange(run_start.size), per_run)
         k = np.arange(idx.size) - np.repeat(np.cumsum(per_run) - per_run, per_run)
         first_page = run_start[idx] + k * max_pages
-        chunk_pages = np.minimum(max_pages, run_pages[idx] - k * max_pages)
-    addr = pfns[first_page] << U64(PAGE_SHIFT)
-    length = chunk_pages.astype(U64) << U64(PAGE_SHIFT)
+        chunk_pages = np.minimum(max_pages, run_pages[idx] - k * max_pages).astype(U64)
+    addr = pfns[first_page]
+    addr <<= U64(PAGE_SHIFT)
+    length = chunk_pages << U64(PAGE_SHIFT)
     addr[0] += U64(offset)
     length[0] -= U64(offset)
     length[-1] -= U64(n * PAGE_SIZE - offset - size)
