@@ -250,8 +250,8 @@ class Topology:
             if d.parent is not None:
                 p = devs[d.parent]
                 if not p.kind.is_bridge:
-                    raise InputFileError(f"{where(d.bdf)}parent {p.bdf} is a {p.kind.value}, "
-                                         "not a bridge")
+                    raise InputFileError(f"{where(d.bdf)}parent {p.bdf} (kind {p.kind.value}) "
+                                         "is not a bridge")
                 if p.domain != d.domain:
                     raise InputFileError(f"{where(d.bdf)}parent {p.bdf} is in another domain")
             if d.physfn is not None and devs[d.physfn].physfn is not None:
@@ -468,7 +468,7 @@ def from_dict(doc: Any, origin: str = "<dict>", text: str = "") -> Topology:
 def _lines_of_bdfs(text: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for n, line in enumerate(text.splitlines(), 1):
-        m = re.match(r"\s*-?\s*bdf:\s*['\"]?([0-9a-fA-F:.]+)", line)
+        m = re.match(r"\s*-?\s*\{?\s*bdf:\s*['\"]?([0-9a-fA-F:.]+)", line)
         if m and m[1].lower() not in out:
             out[m[1].lower()] = n
     return out
