@@ -26,7 +26,7 @@ from .nbtools import execute, notebook_paths
 
 #: notebook stem -> "module:function" returning a kernel-free bokeh layout for the site.
 SITE_PAGES: dict[str, str] = {
-    "01-storage-size": "phyrlab.storage_site:site_page",
+    "01-storage-size": "phyrlab.site.storage:site_page",
 }
 
 WIDTH = 900

@@ -46,7 +46,7 @@ def test_site_page_is_offline(tmp_path):
     from bokeh.embed import file_html
     from bokeh.resources import INLINE
 
-    from phyrlab.storage_site import site_page
+    from phyrlab.site.storage import site_page
 
     html = file_html(site_page(), INLINE, title="t")
     assert "cdn.bokeh.org" not in html

@@ -196,6 +196,11 @@ class IommuTable:
         top = size if self.last_entry_usable else size - 1  # end must be <= top
         if nr <= 0 or start + nr > top:
             return -1
+        first = (start + align_mask) & ~align_mask  # fast path: the hint itself fits
+        if first + nr <= top and not self.map[first:first + nr].any() and not (
+                boundary_size and ((shift + first) & (boundary_size - 1)) + nr > boundary_size):
+            self.map[first:first + nr] = True
+            return first
         span = max(4 * nr, 1024)
         lo = start
         while lo + nr <= top:
@@ -390,6 +395,9 @@ class TableOps(DmaMapOps):
 
     def _free(self, index: int, npages: int) -> None:
         self.table.free(index, npages)
+        self._after_free(index, npages)
+
+    def _after_free(self, index: int, npages: int) -> None:
         if self.p.bump_on_free and index >= self.next_bit:
             self.next_bit = index + npages
         if self.p.alloc == "next_fit" and "wrap" in self.p.flush and self.p.merge == "classify":
@@ -570,16 +578,33 @@ class TableOps(DmaMapOps):
                  cookie: Any) -> None:
         """``unmap_sg``: walk the DMA list, free what lies in the aperture."""
         check_direction(direction)
+        dma_addr = np.asarray(dma_addr, dtype=np.uint64)
+        dma_len = np.asarray(dma_len, dtype=np.uint64)
         if direction in ("from_device", "bidirectional"):
-            self._cache(int(np.asarray(dma_len, dtype=np.uint64).sum()))
-        total = 0
-        for a, n in zip(np.asarray(dma_addr).tolist(), np.asarray(dma_len).tolist(),
-                        strict=True):
-            if self._translated(a):
-                self._unmap_seg(a, n)
-                total += n
+            self._cache(int(dma_len.sum()))
+        lo, hi = self.aperture
+        inside = (dma_addr >= _U64(lo)) & (dma_addr < _U64(hi))
+        a, n = dma_addr[inside], dma_len[inside]
+        if len(a):
+            npages = iommu_num_pages(a, n, self.p.io_page).astype(np.int64)
+            idx = ((a - _U64(lo)) >> _U64(self.p.io_page_shift)).astype(np.int64)
+            total = int(npages.sum())
+            rel = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(npages) - npages, npages)
+            slots = np.repeat(idx, npages) + rel
+            self.table.ptes[slots] = 0
+            self.table.map[slots] = False
+            self.count("pte_writes", total)
+            if "page" in self.p.flush:
+                self.count("iotlb_flushes", total)
+            if self.p.hcall_batch:
+                self.count("hypercalls", len(a))
+            if "unmap_seg" in self.p.flush:
+                self.count("iotlb_flushes", len(a))
+            if self.p.bump_on_free or self.p.merge == "classify":
+                for i0, n0 in zip(idx.tolist(), npages.tolist(), strict=True):
+                    self._after_free(i0, n0)
         if self.p.entitlement is not None:
-            self._cmo_dealloc(int(self._roundup_io(np.asarray(dma_len, np.uint64)).sum()))
+            self._cmo_dealloc(int(self._roundup_io(dma_len).sum()))
 
     # chunking (gart / parisc / ia64 / arm vmerge, alpha sg_classify, per-entry)
     def _need(self, dev: Any, addr: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -625,83 +650,125 @@ class TableOps(DmaMapOps):
 
     def _map_sg_chunks(self, dev: Any, addr: np.ndarray, length: np.ndarray,
                        chunks: Sequence[tuple[int, int, bool]], retried: bool = False):
+        """Allocate one table run per chunk (``dma_map_cont`` / ``sg_fill`` /
+        ``__map_sg_chunk``), then write every PTE in one array operation."""
         io = self.p.io_page
+        io_mask = _U64(io - 1)
         k = len(chunks)
-        dma = np.empty(k, dtype=np.uint64)
-        dlen = np.empty(k, dtype=np.uint64)
+        first = np.fromiter((c[0] for c in chunks), dtype=np.int64, count=k)
+        ends = np.fromiter((c[1] for c in chunks), dtype=np.int64, count=k)
+        translate = np.fromiter((c[2] for c in chunks), dtype=bool, count=k)
+        end_addr = addr + length
+        # sub-runs: physically contiguous pieces of a chunk share their boundary pages
+        sub = np.zeros(len(addr), dtype=bool)
+        sub[first] = True
+        sub[1:] |= addr[1:] != end_addr[:-1]
+        sub_idx = np.flatnonzero(sub)
+        sub_addr = addr[sub_idx]
+        sub_len = np.add.reduceat(length, sub_idx).astype(np.uint64)
+        sub_pages = iommu_num_pages(sub_addr, sub_len, io).astype(np.int64)
+        sub_chunk = np.searchsorted(first, sub_idx, side="right") - 1
+        chunk_pages = np.bincount(sub_chunk, weights=sub_pages, minlength=k).astype(np.int64)
+        chunk_subs = np.bincount(sub_chunk, minlength=k)
+        seg_len = np.add.reduceat(length, first).astype(np.uint64)
+        p0 = addr[first]
+        dma = p0.copy()
         tr = np.zeros(k, dtype=bool)
+        idx_of = np.full(k, -1, dtype=np.int64)
+        window = self.p.merge == "classify" and self.p.window[1] > 0
         taken: list[tuple[int, int]] = []
-        for c, (a, b, translate) in enumerate(chunks):
-            seg_len = int(length[a:b].sum())
-            dlen[c] = seg_len
-            p0 = int(addr[a])
-            if not translate:
-                dma[c] = p0
+        for c in np.flatnonzero(translate).tolist():
+            if window and chunk_subs[c] == 1 and self._in_window(dev, int(p0[c]), int(seg_len[c])):
+                dma[c] = p0[c] + _U64(self.p.window[0])
                 continue
-            if self.p.merge == "classify":
-                contiguous = bool(np.all(addr[a + 1:b] == (addr + length)[a:b - 1]))
-                if contiguous and self._in_window(dev, p0, seg_len):
-                    dma[c] = p0 + self.p.window[0]
-                    continue
-            sa, sl = _coalesce(addr[a:b], length[a:b])
-            npages = int(iommu_num_pages(sa, sl, io).sum())
-            too_high = bool(self.p.max_phys) and int((sa + sl).max()) > self.p.max_phys
-            idx = -1 if too_high else self._alloc(dev, npages)
+            npages = int(chunk_pages[c])
+            if self.p.max_phys and int(end_addr[ends[c] - 1]) > self.p.max_phys:
+                idx = -1
+            else:
+                idx = self._alloc(dev, npages)
             if idx < 0:
-                self._unwind(taken)
+                self.count("pte_writes", 2 * sum(n for _, n in taken))  # written, then cleared
+                for i0, n0 in taken:
+                    self._free(i0, n0)
                 self._flush_gart()
                 if self.p.retry_nonforce and not retried and (self.p.force or self.p.iommu_merge):
                     per = [(i, i + 1, bool(x)) for i, x in
                            enumerate(self._need_nonforce(dev, addr, length))]
                     return self._map_sg_chunks(dev, addr, length, per, retried=True)
+                a, b = int(first[c]), int(ends[c])
                 raise DmaMappingError(
                     self.p.sg_errno, f"{self.name}: map_sg: no room for {npages} I/O pages "
                     f"at DMA segment {c} (input entries {a}..{b - 1}); "
                     f"{self.table.in_use()} of {self.p.entries} entries in use")
-            self._write_ptes(idx, sa, sl)
             taken.append((idx, npages))
+            idx_of[c] = idx
             tr[c] = True
-            dma[c] = self.p.dma_base + (idx << self.p.io_page_shift) + (p0 & (io - 1))
+            dma[c] = _U64(self.p.dma_base + (idx << self.p.io_page_shift)) + (p0[c] & io_mask)
+        if taken:
+            # table index of each sub-run: its chunk's base plus the pages before it
+            s_tr = tr[sub_chunk]
+            before = np.cumsum(sub_pages) - sub_pages
+            chunk_first_sub = np.searchsorted(sub_chunk, np.arange(k))
+            base = idx_of[sub_chunk] + before - before[chunk_first_sub[sub_chunk]]
+            self._write_runs(base[s_tr], sub_addr[s_tr], sub_pages[s_tr])
+            self._hcalls_per(chunk_pages[tr])
         self._flush_gart()
-        return dma, dlen, tr
+        return dma, seg_len, tr
+
+    def _write_runs(self, index: np.ndarray, addr: np.ndarray, npages: np.ndarray) -> None:
+        """Write ``npages[i]`` PTEs from table index ``index[i]`` for the run at ``addr[i]``."""
+        io = self.p.io_page
+        total = int(npages.sum())
+        if total == 0:
+            return
+        rel = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(npages) - npages, npages)
+        slots = np.repeat(index, npages) + rel
+        frames = np.repeat(addr & ~_U64(io - 1), npages) + rel.astype(np.uint64) * _U64(io)
+        self.table.ptes[slots] = frames | _U64(1)
+        self.count("pte_writes", total)
+        if "page" in self.p.flush:
+            self.count("iotlb_flushes", total)
+
+    def _hcalls_per(self, pages_per_call: np.ndarray) -> None:
+        if self.p.hcall_batch and len(pages_per_call):
+            b = self.p.hcall_batch
+            self.count("hypercalls", int(((pages_per_call + b - 1) // b).sum()))
 
     def _need_nonforce(self, dev: Any, addr: np.ndarray, length: np.ndarray) -> np.ndarray:
         # dma_map_sg_nonforce(): map only what the device cannot reach
         return (addr + length - _U64(1)) > _U64(dma_limit(dev))
 
-    def _unwind(self, taken: Sequence[tuple[int, int]]) -> None:
-        for idx, npages in taken:
-            self._clear_ptes(idx, npages)
-            self._free(idx, npages)
-
     def _map_sg_contig(self, dev: Any, addr: np.ndarray, length: np.ndarray):
         """``ppc_iommu_map_sg`` / ``dma_4u_map_sg``: allocate per entry, merge contiguous."""
         io = self.p.io_page
+        shift_io = self.p.io_page_shift
         maxseg = int(getattr(dev, "max_seg_size", 65536))
         boundary = self._boundary(dev)
-        shift = self.p.dma_base >> self.p.io_page_shift
+        shift = self.p.dma_base >> shift_io
         npg = iommu_num_pages(addr, length, io).astype(np.int64)
+        a_l, n_l, p_l = addr.tolist(), length.tolist(), npg.tolist()
+        idx_l: list[int] = []
         dma_out: list[int] = []
         len_out: list[int] = []
-        taken: list[tuple[int, int]] = []
         handle = 0
         dma_next = 0
         out_entry = 0
-        for i in range(len(addr)):
-            a, n, np_i = int(addr[i]), int(length[i]), int(npg[i])
+        base = self.p.dma_base
+        for i, (a, n, np_i) in enumerate(zip(a_l, n_l, p_l, strict=True)):
             idx = self._alloc(dev, np_i, handle)
             if idx < 0:
-                self._unwind(taken)
+                self.count("pte_writes", 2 * sum(p_l[:i]))  # written, then cleared
+                for j in range(i):
+                    self._free(idx_l[j], p_l[j])
                 raise DmaMappingError(
                     self.p.sg_errno, f"{self.name}: map_sg: iommu_alloc failed at entry {i} "
                     f"({np_i} I/O pages); {self.table.in_use()} of {self.p.entries} in use")
+            idx_l.append(idx)
             handle = idx + np_i
-            self._write_ptes(idx, addr[i:i + 1], length[i:i + 1])
-            taken.append((idx, np_i))
-            d = self.p.dma_base + (idx << self.p.io_page_shift) + (a & (io - 1))
+            d = base + (idx << shift_io) + (a & (io - 1))
             merge = bool(dma_out) and d == dma_next and len_out[-1] + n <= maxseg
             if merge and self.p.merge_boundary:
-                nr = int(iommu_num_pages(dma_out[-1], len_out[-1] + n, io))
+                nr = -(-((dma_out[-1] & (io - 1)) + len_out[-1] + n) // io)
                 merge = not iommu_is_span_boundary(out_entry, nr, shift, boundary)
             if merge:
                 len_out[-1] += n
@@ -710,6 +777,8 @@ class TableOps(DmaMapOps):
                 len_out.append(n)
                 out_entry = idx
             dma_next = d + n
+        self._write_runs(np.array(idx_l, dtype=np.int64), addr, npg)
+        self._hcalls_per(npg)
         self._flush_gart()
         k = len(dma_out)
         return (np.array(dma_out, np.uint64), np.array(len_out, np.uint64),

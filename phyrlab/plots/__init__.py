@@ -1,5 +1,7 @@
 """Bokeh figure builders: model results in, figures and ColumnDataSources out.
 
+Shared styling lives here; each notebook topic has its own module (``plots.storage``...).
+
 Pure functions: no widgets, no model code. Every figure is sized for a 1024x768 projector
 (fixed width, large fonts, axis labels with units) and is built once; callers update its
 ``ColumnDataSource`` in place.
@@ -64,15 +66,6 @@ def fit_x(fig, values) -> None:
     fig.x_range.end = top * 1.35 if top > 0 else 1.0
 
 
-def storage_chart(data: dict) -> tuple[figure, ColumnDataSource]:
-    """Bytes of storage per layout (notebook 01)."""
-    source = ColumnDataSource(data)
-    fig = hbar_chart(source, y="layout", x="bytes", label="label", name="storage",
-                     title="Bytes to store one range list, by layout",
-                     x_label="bytes of storage (C structs, padding, chain entries, header)")
-    return fig, source
-
-
 def sweep_chart(sweep: dict, *, x: str = "size", title: str, x_label: str, y_label: str,
                 name: str = "sweep", bytes_x: bool = True) -> figure:
     """One line per series of ``sweep`` (all keys but ``x``), both axes log."""
@@ -88,3 +81,9 @@ def sweep_chart(sweep: dict, *, x: str = "size", title: str, x_label: str, y_lab
     fig.legend.location = "top_right" if not bytes_x else "top_left"
     fig.legend.click_policy = "hide"
     return style(fig, x_label, y_label)
+
+
+from .storage import storage_chart  # noqa: E402
+
+__all__ = ["WIDTH", "HEIGHT", "style", "palette", "hbar_chart", "fit_x", "sweep_chart",
+           "storage_chart"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from bokeh.layouts import column, row
 from bokeh.models import CustomJS, Select
 
-from . import plots, storage
-from .workloads import build, catalogue
+from .. import plots, storage
+from ..workloads import build, catalogue
 
 RUNS = [1, 2, 4, 16, 64]
 

@@ -1,5 +1,8 @@
 """ipywidgets panels that bind controls to a model and update bokeh plots in place.
 
+The generic :class:`LivePanel` lives here; each notebook topic has its own module of panels
+(``widgets.storage``...).
+
 A panel owns its controls, its figures (shown through jupyter_bokeh's ``BokehModel``) and a
 ``compute(**values)`` function that returns new data for each ``ColumnDataSource``. Moving a
 control calls :meth:`LivePanel.update`, which assigns ``source.data``: the plot changes in place,
@@ -16,9 +19,7 @@ from typing import Any
 import ipywidgets as ipw
 from bokeh.models import ColumnDataSource
 
-from . import plots, storage
-from .units import SZ_1G, SZ_2M, SZ_4K
-from .workloads import build, catalogue
+from ..units import human_bytes
 
 
 class LivePanel:
@@ -92,48 +93,7 @@ def size_slider(value: int, lo: int = 12, hi: int = 34, description: str = "size
 
 
 def plots_label(n: int) -> str:
-    return storage._short(n).replace(".0 ", " ")
-
-
-def storage_panel(workload: str = "rdma-mr-1g-4k", size: int = 1 << 26,
-                  mean_run_pages: float = 2.0, page_size: int = SZ_4K,
-                  seed: int = 0) -> LivePanel:
-    """Notebook 01: workload, size, backing page size and contiguity -> bytes per layout."""
-    names = [n for n, w in catalogue().items() if w.model != "pagemap"]
-    controls = {
-        "workload": ipw.Dropdown(options=names, value=workload, description="workload"),
-        "size": size_slider(size, 12, 34),
-        "page_size": ipw.Dropdown(options=[("4 KiB", SZ_4K), ("2 MiB", SZ_2M), ("1 GiB", SZ_1G)],
-                                  value=page_size, description="page size"),
-        "mean_run_pages": ipw.FloatLogSlider(value=mean_run_pages, base=2, min=0, max=10,
-                                             step=0.5, description="mean run",
-                                             continuous_update=False),
-    }
-
-    def compute(workload: str, size: int, page_size: int, mean_run_pages: float) -> dict:
-        buf = build(workload, size=size, seed=seed, mean_run_pages=mean_run_pages,
-                    page_size=page_size)
-        data = storage.storage_columns(storage.storage_rows(buf))
-        data["color"] = plots.palette(data["layout"])
-        return {"storage": data}
-
-    first = compute(workload, size, page_size, mean_run_pages)["storage"]
-    fig, source = plots.storage_chart(first)
-
-    def after(data: dict) -> None:
-        plots.fit_x(fig, data["storage"]["bytes"])
-
-    panel = LivePanel(controls, [fig], {"storage": source}, compute, after)
-
-    def workload_defaults(change: dict) -> None:
-        w = catalogue()[change["new"]]
-        panel.set_values(size=min(max(w.size, 1 << 12), 1 << 34) if w.size & (w.size - 1) == 0
-                         else controls["size"].value,
-                         page_size=w.page_size if w.page_size in (SZ_4K, SZ_2M, SZ_1G) else SZ_4K,
-                         mean_run_pages=max(1.0, w.mean_run_pages))
-
-    controls["workload"].observe(workload_defaults, names="value")
-    return panel
+    return human_bytes(n)
 
 
 def show(obj) -> ipw.Widget:
@@ -141,3 +101,8 @@ def show(obj) -> ipw.Widget:
     from jupyter_bokeh.widgets import BokehModel
 
     return BokehModel(obj)
+
+
+from .storage import storage_panel  # noqa: E402
+
+__all__ = ["LivePanel", "size_slider", "plots_label", "show", "storage_panel"]
