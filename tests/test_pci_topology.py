@@ -108,7 +108,8 @@ def test_good_file_loads(tmp_path):
       "  - {bdf: \"0000:00:01.0\", kind: root_port}\n  - {bdf: \"0000:00:01.0\"}"),
      r"t\.yaml: line 7: device 0000:00:01\.0: duplicate BDF 0000:00:01\.0 \(entry 2\)"),
     (("      - {index: 0, addr: 0x100000, size: 1M}",
-      "      - {index: 0, addr: 0x100000, size: 1M}\n      - {index: 2, addr: 0x180000, size: 512K}"),
+      "      - {index: 0, addr: 0x100000, size: 1M}\n"
+      "      - {index: 2, addr: 0x180000, size: 512K}"),
      r"device 0000:01:00\.0: BAR 2 at 0x180000 overlaps BAR 0 of 0000:01:00\.0"),
     (("kind: host_bridge,", "kind: host_bridge, colour: red,"),
      r"t\.yaml: line 6: device 0000:00:00\.0: unknown field 'colour'"),
