@@ -221,7 +221,7 @@ def test_map_types_idx_and_cache():
 def test_bus_offset():
     t = topo("switch-nvme-gpu-nic")
     assert pci.p2pdma_bus_offset(t, "0000:1a:00.0") == 0
-    with pytest.raises(ValueError, match="0000:1b:00.0 has no any P2P|0000:1b:00.0 has no"):
+    with pytest.raises(ValueError, match=r"0000:1b:00\.0 has no P2P memory BAR"):
         pci.p2pdma_bus_offset(t, "0000:1b:00.0")
     # a host bridge whose window sits at CPU 0x40_0000_0000 for bus address 0:
     hb = {"domain": 0, "bus": 0, "mem_offset": 0x40_0000_0000}

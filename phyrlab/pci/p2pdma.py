@@ -343,7 +343,7 @@ def p2pdma_bus_offset(topo: Topology, provider: str | PciDev, bar: int | None = 
     p = topo.dev(provider)
     p2p = [b for b in p.bars if b.p2pmem and (bar is None or b.index == bar)]
     if not p2p:
-        what = "any P2P memory BAR" if bar is None else f"P2P memory in BAR {bar}"
+        what = "P2P memory BAR" if bar is None else f"P2P memory in BAR {bar}"
         raise ValueError(f"{p.bdf} has no {what} (pci_p2pdma_add_resource() was not called)")
     return -topo.host_bridge_of(p).mem_offset
 
