@@ -149,6 +149,7 @@ def test_gather_runs_match_per_page_add_page():
     pt = PageTable("x86_64")
     pt.map(0x3000, 0x3000, 3 * M2 + 0x5000)
     pt.map(0x10000000, 0x20000000, M2)
+    pt.map(0x40000000, 0x40001000, 2 * M2 + 0x3000)      # two whole PT tables + a partial
     i, _, s = pt.leaves()
     ref = IommuIotlbGather()
     syncs = []
@@ -157,6 +158,7 @@ def test_gather_runs_match_per_page_add_page():
     g = IommuIotlbGather()
     pt.unmap(0x3000, 3 * M2 + 0x5000, g)
     pt.unmap(0x10000000, M2, g)
+    pt.unmap(0x40000000, 2 * M2 + 0x3000, g)
     assert g.syncs == len(syncs)
     assert (g.start, g.end, g.pgsize) == (ref.start, ref.end, ref.pgsize)
 

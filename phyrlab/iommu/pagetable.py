@@ -367,23 +367,39 @@ class PageTable:
             parent_pos.append(ppos)
             new_masks.append(~present)
             n_new_total += int((~present).sum())
-        # leaf targets must be empty
+        # leaf targets must be empty; work per (segment, table) chunk, never per leaf
         leaf_plan = []
         for level in sorted(set(lvl.tolist())):
-            sel = lvl == level
-            sh = self._shift[level]
-            g = _expand((lo[sel] >> _U64(sh)).astype(np.int64), count[sel])
-            tpos = np.searchsorted(prefixes[level], g >> self._bits[level])
+            sel = np.nonzero(lvl == level)[0]
+            sh, b = self._shift[level], self._bits[level]
+            emask = (1 << b) - 1
+            g0 = (lo[sel] >> _U64(sh)).astype(np.int64)
+            g1 = g0 + count[sel] - 1
+            t0, t1 = g0 >> b, g1 >> b
+            nt = t1 - t0 + 1
+            t = _expand(t0, nt)
+            seg = np.repeat(np.arange(sel.size), nt)
+            gs = np.maximum(t << b, g0[seg])
+            ge = np.minimum(((t + 1) << b) - 1, g1[seg])
+            n = ge - gs + 1
+            slot0 = gs & emask
+            pa0 = pa[sel][seg] + ((gs - g0[seg]).astype(_U64) << _U64(sh))
+            tpos = np.searchsorted(prefixes[level], t)
             tpool = pools[level][tpos]
-            slot = g & ((1 << self._bits[level]) - 1)
-            have = tpool >= 0
-            if have.any():
-                ent = self._pte[tpool[have], slot[have]]
-                busy = np.nonzero(ent != 0)[0]
-                if busy.size:
-                    at = int(g[have][busy[0]]) << sh
+            have = np.nonzero(tpool >= 0)[0]
+            if have.size:
+                busy_full = have[(n[have] == emask + 1) & (self._nvalid[tpool[have]] != 0)]
+                part = have[n[have] <= emask]
+                flat = _expand(tpool[part] * self._W + slot0[part], n[part])
+                ent = self._pte.reshape(-1)[flat]
+                if busy_full.size or np.any(ent != 0):
+                    if busy_full.size:
+                        at = int(t[busy_full[0]]) << (b + sh)
+                    else:
+                        gi = _expand(gs[part], n[part])
+                        at = int(gi[np.nonzero(ent != 0)[0][0]]) << sh
                     raise ValueError(f"map: IOVA {at:#x} is already mapped ({f.name})")
-            leaf_plan.append((level, sel, g, tpos, slot))
+            leaf_plan.append((level, tpos, slot0, n, pa0))
         # ---- allocate: every table page asks the fault point first (kernel: -ENOMEM)
         for i in range(n_new_total):
             if should_fail("pt_alloc"):
@@ -404,17 +420,32 @@ class PageTable:
                 self._pte[pp, slot] = (idx.astype(_U64) << _CHILD_SHIFT) | PTE_PRESENT | PTE_TABLE
                 np.add.at(self._nvalid, pp, 1)
                 s.pte_writes += n
-        for level, sel, g, tpos, slot in leaf_plan:
+        flat_pte = self._pte.reshape(-1)
+        for level, tpos, slot0, n, pa0 in leaf_plan:
             tpool = pools[level][tpos]
             sz = 1 << self._shift[level]
-            pa_leaf = _expand(pa[sel], count[sel], sz)
-            flat = tpool * self._W + slot
-            self._pte.reshape(-1)[flat] = pa_leaf | PTE_PRESENT
-            self._nvalid += np.bincount(tpool, minlength=self._nvalid.size)
-            n = int(g.size)
-            s.pte_writes += n
-            s.leaves[sz] = s.leaves.get(sz, 0) + n
-            s.leaves_mapped[sz] = s.leaves_mapped.get(sz, 0) + n
+            E = 1 << self._bits[level]
+            full = n == E                        # whole tables: write rows at once
+            if full.any():
+                rows = tpool[full]
+                step = np.arange(E, dtype=_U64) * _U64(sz)
+                r0 = int(rows[0])
+                if np.array_equal(rows, np.arange(r0, r0 + rows.size)):
+                    view = self._pte[r0:r0 + rows.size, :E]     # fresh tables: in place
+                    view[:] = step
+                    view += (pa0[full] | PTE_PRESENT)[:, None]
+                else:
+                    self._pte[rows, :E] = (pa0[full] | PTE_PRESENT)[:, None] + step
+                self._nvalid[rows] += E
+            part = ~full
+            if part.any():
+                flat = _expand(tpool[part] * self._W + slot0[part], n[part])
+                flat_pte[flat] = _expand(pa0[part], n[part], sz) | PTE_PRESENT
+                np.add.at(self._nvalid, tpool[part], n[part])
+            nl = int(n.sum())
+            s.pte_writes += nl
+            s.leaves[sz] = s.leaves.get(sz, 0) + nl
+            s.leaves_mapped[sz] = s.leaves_mapped.get(sz, 0) + nl
         total = int(size.sum())
         s.mapped_bytes += total
         return total
@@ -438,6 +469,7 @@ class PageTable:
         g = np.arange(iova >> self._shift[0], ((end - 1) >> self._shift[0]) + 1, dtype=np.int64)
         pool = np.zeros(g.size, dtype=np.int64)
         leaf_recs = []     # (level, pool, slot, g)
+        full_recs = []     # (level, table pool, first g): whole last-level tables of leaves
         table_recs = []    # (level of child, child pool, parent pool, parent slot)
         for level in range(f.levels):
             sh = self._shift[level]
@@ -471,6 +503,12 @@ class PageTable:
             c_lo = np.maximum(gt << nb, iova >> nsh)
             c_hi = np.minimum(((gt + 1) << nb) - 1, (end - 1) >> nsh)
             cnt = c_hi - c_lo + 1
+            if level + 2 == f.levels:
+                # whole last-level tables: all leaves, present iff nvalid == entries
+                full = (cnt == 1 << nb) & (self._nvalid[child] == 1 << nb)
+                if full.any():
+                    full_recs.append((level + 1, child[full], c_lo[full]))
+                    child, c_lo, cnt = child[~full], c_lo[~full], cnt[~full]
             g = _expand(c_lo, cnt)
             pool = np.repeat(child, cnt)
         # ---- commit: clear leaves
@@ -488,6 +526,22 @@ class PageTable:
             ends = np.concatenate([brk + 1, [gl.size]])
             for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
                 runs.append((int(gl[a]) * sz, (int(gl[b - 1]) + 1) * sz, sz, b - a))
+        for level, rows, g0 in full_recs:
+            sz = 1 << self._shift[level]
+            E = 1 << self._bits[level]
+            r0 = int(rows[0])
+            if np.array_equal(rows, np.arange(r0, r0 + rows.size)):
+                self._pte[r0:r0 + rows.size, :E] = 0
+            else:
+                self._pte[rows, :E] = 0
+            self._nvalid[rows] = 0
+            s.pte_writes += rows.size * E
+            s.leaves[sz] -= rows.size * E
+            brk = np.nonzero(np.diff(g0) != E)[0]
+            starts = np.concatenate([[0], brk + 1])
+            ends = np.concatenate([brk + 1, [g0.size]])
+            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+                runs.append((int(g0[a]) * sz, (int(g0[b - 1]) + E) * sz, sz, (b - a) * E))
         # ---- free tables left empty, deepest first (kernel: __arm_lpae_free_pgtable)
         for _level, child, ppool, pslot in reversed(table_recs):
             empty = self._nvalid[child] == 0
@@ -500,7 +554,14 @@ class PageTable:
         # ---- IOTLB: gather the leaves in IOVA order
         if not gather.queued:
             runs.sort()
-            for start, stop, sz, n in runs:
+            merged: list[list[int]] = []
+            for start, stop, sz, n in runs:          # coalesce pieces of one run
+                if merged and merged[-1][1] == start and merged[-1][2] == sz:
+                    merged[-1][1] = stop
+                    merged[-1][3] += n
+                else:
+                    merged.append([start, stop, sz, n])
+            for start, stop, sz, n in merged:
                 iommu_iotlb_gather_add_run(gather, start, stop, sz, self.iotlb_sync)
                 s.iotlb_pages_gathered += n
         if own:
