@@ -189,3 +189,32 @@ def test_map_sg_properties(case, strict):
     iommu_dma_unmap_sg(d, da, dl)
     d.advance(10**9)
     assert d.snapshot() == before
+
+
+# ---- experiments (the notebook's figures) --------------------------------------------------
+def test_experiments_pagetable_cost_hand_computed():
+    from phyrlab.iommu.experiments import pagetable_cost
+    one_gib = (np.array([0x40000000], np.uint64), np.array([1 << 30], np.uint64))
+    r = pagetable_cost("arm_lpae_64k", one_gib)
+    # two 512M blocks in one L1 table: pgd 512 B + 64 KiB, one link + two leaves written
+    assert r["leaf_mix"] == {1 << 29: 2}
+    assert (r["table_pages"], r["table_bytes"], r["pte_writes"]) == (2, 512 + SZ_64K, 3)
+    pages = (np.arange(512, dtype=np.uint64) * np.uint64(0x2000), np.full(512, 0x1000, np.uint64))
+    r = pagetable_cost("x86_64", pages)
+    # 512 scattered 4K pages: one 2 MiB IOVA run of 4K PTEs -> root, PDPT, PD, 1 PT
+    assert r["leaf_mix"] == {0x1000: 512} and r["table_pages"] == 4
+    assert r["pte_writes_per_mib"] == (512 + 3) / 2
+    assert r["iotlb"]["flushes"] == 1
+
+
+def test_experiments_iotlb_and_churn_are_seeded():
+    from phyrlab.iommu.experiments import iotlb_cost, iova_churn
+    rs = (np.array([0x100000, 0x900000], np.uint64), np.array([0x1000, 0x3000], np.uint64))
+    s = iotlb_cost("x86_64", rs, strict=True, repeats=50)
+    lz = iotlb_cost("x86_64", rs, strict=False, repeats=50, fq_size=16)
+    assert s["flushes_per_unmap"] == 1.0 and s["stale"]["max_ns"] == 0
+    assert lz["flushes"] == 100 // 15 + 1 and lz["stale"]["max_ns"] > 0
+    a = iova_churn(n_ops=1500, seed=3, sample_every=100)
+    b = iova_churn(n_ops=1500, seed=3, sample_every=100)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert a["step"].size == 16 and np.all(a["largest_free"] > 0)
