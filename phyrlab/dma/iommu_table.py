@@ -180,6 +180,9 @@ class IommuTable:
         self.map[lo:hi] = True
         self.reserved = hi - lo
         self.last_entry_usable = last_entry_usable
+        #: every entry below ``low_free`` is in use, so a search may start there and find
+        #: what the kernel's search from 0 finds. Writers of ``map`` must lower it.
+        self.low_free = 0
 
     def in_use(self) -> int:
         """Entries allocated beyond the reserved ones."""
@@ -194,21 +197,20 @@ class IommuTable:
         """
         size = self.size if limit is None else min(limit, self.size)
         top = size if self.last_entry_usable else size - 1  # end must be <= top
+        start = max(start, self.low_free)
         if nr <= 0 or start + nr > top:
             return -1
         first = (start + align_mask) & ~align_mask  # fast path: the hint itself fits
         if first + nr <= top and not self.map[first:first + nr].any() and not (
                 boundary_size and ((shift + first) & (boundary_size - 1)) + nr > boundary_size):
-            self.map[first:first + nr] = True
-            return first
+            return self._take(first, nr)
         span = max(4 * nr, 1024)
         lo = start
         while lo + nr <= top:
             hi = min(top, lo + span + nr)
             idx = self._first_fit(lo, hi, nr, shift, boundary_size, align_mask)
             if idx >= 0:
-                self.map[idx:idx + nr] = True
-                return idx
+                return self._take(idx, nr)
             if hi >= top:
                 break
             lo = hi - nr + 1
@@ -230,9 +232,22 @@ class IommuTable:
         hit = np.flatnonzero(ok)
         return int(cand[hit[0]]) if len(hit) else -1
 
+    def _take(self, idx: int, nr: int) -> int:
+        self.map[idx:idx + nr] = True
+        if idx == self.low_free:
+            self.low_free = idx + nr
+        return idx
+
     def free(self, index: int, nr: int) -> None:
         """``iommu_area_free`` / ``bitmap_clear``."""
         self.map[index:index + nr] = False
+        self.low_free = min(self.low_free, index)
+
+    def free_slots(self, slots: np.ndarray) -> None:
+        """Clear the entries ``slots`` (an index array)."""
+        if len(slots):
+            self.map[slots] = False
+            self.low_free = min(self.low_free, int(slots.min()))
 
 
 def _coalesce(addr: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -592,7 +607,7 @@ class TableOps(DmaMapOps):
             rel = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(npages) - npages, npages)
             slots = np.repeat(idx, npages) + rel
             self.table.ptes[slots] = 0
-            self.table.map[slots] = False
+            self.table.free_slots(slots)
             self.count("pte_writes", total)
             if "page" in self.p.flush:
                 self.count("iotlb_flushes", total)

@@ -99,6 +99,7 @@ class S390Ops(DmaMapOps):
             if not self.strict:
                 self._rpcit()  # zpci_refresh_global before addresses are reused
                 self.bitmap.map &= ~self.lazy
+                self.bitmap.low_free = 0
                 self.lazy[:] = False
             off = self.bitmap.area_alloc(0, npages, None, shift, boundary)
             if off < 0:
@@ -113,65 +114,59 @@ class S390Ops(DmaMapOps):
             self.lazy[off:off + npages] = True
 
     # -- the table ------------------------------------------------------------------------
-    def _update_trans(self, pa: int, off: int, npages: int) -> int:
-        """``dma_update_trans`` (validate): -1 on success, else the page that failed."""
-        dma0 = self.start_dma + (off << PAGE_SHIFT)
-        dmas = dma0 + (np.arange(npages, dtype=np.int64) << PAGE_SHIFT)
-        fail_at = -1
-        for rtx in np.unique(dmas >> ZPCI_RT_SHIFT).tolist():
+    def _tables_for(self, dma0: int, npages: int) -> int:
+        """Allocate the segment/page tables a run needs, in page order (``dma_walk_cpu_trans``).
+
+        Returns -1, or the first page (relative to the run) whose table allocation failed.
+        """
+        last = dma0 + ((npages - 1) << PAGE_SHIFT)
+        for sx in range(dma0 >> ZPCI_ST_SHIFT, (last >> ZPCI_ST_SHIFT) + 1):
+            rtx = sx >> ZPCI_TABLE_BITS
+            page = max(0, ((sx << ZPCI_ST_SHIFT) - dma0) >> PAGE_SHIFT)
             if rtx not in self.seg_tables:
-                first = int(np.searchsorted(dmas >> ZPCI_RT_SHIFT, rtx))
                 if should_fail("pt_alloc"):
-                    fail_at = first
-                    break
+                    return page
                 self.seg_tables.add(rtx)
                 self.table_pages += 1
                 self.count("table_pages")
-        segs = np.unique(dmas >> ZPCI_ST_SHIFT)
-        for sx in segs.tolist():
-            first = int(np.searchsorted(dmas >> ZPCI_ST_SHIFT, sx))
-            if fail_at >= 0 and first >= fail_at:
-                break
             if sx not in self.page_tables:
                 if should_fail("pt_alloc"):
-                    fail_at = first
-                    break
+                    return page
                 self.page_tables.add(sx)
                 self.table_pages += 1
                 self.count("table_pages")
-        done = npages if fail_at < 0 else fail_at
-        frames = (_U64(pa & ~(PAGE_SIZE - 1)) + np.arange(done, dtype=np.uint64) *
-                  _U64(PAGE_SIZE)) | _U64(1)
-        self.ptes[off:off + done] = frames
-        self.count("pte_writes", done)
-        if fail_at >= 0:  # undo_cpu_trans
-            self.ptes[off:off + done] = 0
-            self.count("pte_writes", done)
-        return fail_at
+        return -1
 
-    def _map_run(self, dev: Any, parts: list[tuple[int, int]], size: int) -> int:
-        """``__s390_dma_map_sg`` / the body of ``s390_dma_map_pages``: DMA base or raise."""
-        npages = -(-size // PAGE_SIZE)
+    def _map_run(self, dev: Any, part_addr: np.ndarray, part_pages: np.ndarray) -> int:
+        """``__s390_dma_map_sg`` / the body of ``s390_dma_map_pages``: DMA base or raise.
+
+        ``part_addr`` are page-aligned physical addresses, ``part_pages`` their page counts;
+        the parts are laid out back to back in one IOVA run.
+        """
+        npages = int(part_pages.sum())
         off = self._alloc_address(dev, npages)
         if off < 0:
             raise DmaMappingError(
                 "ENOMEM", f"{self.name}: no {npages} free IOVA pages in the {self.iommu_pages}"
                 f"-page aperture ({self.lazy_pages} waiting for a global flush)")
-        at = off
-        for pa, n in parts:
-            cnt = -(-n // PAGE_SIZE)
-            bad = self._update_trans(pa, at, cnt)
-            if bad >= 0:  # unmap: invalidate what the earlier parts wrote, free the IOVA
-                self.ptes[off:at] = 0
-                self.count("pte_writes", at - off)
-                self._free_address(off, npages)
-                raise DmaMappingError(
-                    "ENOMEM", f"{self.name}: page-table allocation failed while mapping "
-                    f"IOVA page {at + bad:#x}")
-            at += cnt
+        dma0 = self.start_dma + (off << PAGE_SHIFT)
+        bad = self._tables_for(dma0, npages)
+        done = npages if bad < 0 else bad
+        rel = np.arange(npages, dtype=np.int64) - np.repeat(np.cumsum(part_pages) - part_pages,
+                                                            part_pages)
+        frames = np.repeat(part_addr, part_pages) + rel.astype(np.uint64) * _U64(PAGE_SIZE)
+        self.ptes[off:off + done] = frames[:done] | _U64(1)
+        self.count("pte_writes", done)
+        if bad >= 0:  # undo_cpu_trans / unmap: invalidate what was written, free the IOVA
+            self.ptes[off:off + done] = 0
+            self.count("pte_writes", done)
+            self._free_address(off, npages)
+            raise DmaMappingError(
+                "ENOMEM", f"{self.name}: page-table allocation failed while mapping "
+                f"IOVA page {off + bad:#x}")
         if self.tlb_refresh:
             self._rpcit()
-        return self.start_dma + (off << PAGE_SHIFT)
+        return dma0
 
     def _unmap_run(self, dma: int, size: int) -> None:
         npages = int(iommu_num_pages(dma, size, PAGE_SIZE))
@@ -190,8 +185,8 @@ class S390Ops(DmaMapOps):
         check_direction(direction)
         self.count("entries_walked")
         npages = int(iommu_num_pages(paddr, size, PAGE_SIZE))
-        base = self._map_run(dev, [(paddr & ~(PAGE_SIZE - 1), npages * PAGE_SIZE)],
-                             npages * PAGE_SIZE)
+        base = self._map_run(dev, np.array([paddr & ~(PAGE_SIZE - 1)], np.uint64),
+                             np.array([npages], np.int64))
         return base + (paddr & (PAGE_SIZE - 1))
 
     def unmap_phys(self, dev: Any, dma_addr: int, size: int, direction: str) -> None:
@@ -213,27 +208,30 @@ class S390Ops(DmaMapOps):
         off = (addr & _U64(PAGE_SIZE - 1)).astype(np.int64)
         ln = length.astype(np.int64)
         # segment starts: entry has an offset, running size unaligned, or too long
+        off_l, ln_l = off.tolist(), ln.tolist()
         starts = [0]
-        size = int(off[0] + ln[0])
+        size = off_l[0] + ln_l[0]
         for i in range(1, n):
-            if off[i] or size & (PAGE_SIZE - 1) or size + int(ln[i]) > maxseg:
+            if off_l[i] or size & (PAGE_SIZE - 1) or size + ln_l[i] > maxseg:
                 starts.append(i)
-                size = int(off[i])
-            size += int(ln[i])
+                size = off_l[i]
+            size += ln_l[i]
+        first = np.array(starts, dtype=np.int64)
         starts.append(n)
-        dma_out = np.empty(len(starts) - 1, dtype=np.uint64)
-        len_out = np.empty(len(starts) - 1, dtype=np.uint64)
-        for k, (a, b) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
-            parts = [(int(addr[i]) & ~(PAGE_SIZE - 1), int(off[i] + ln[i])) for i in range(a, b)]
-            seg = int(off[a] + ln[a:b].sum())
+        pages = ((off + ln + PAGE_SIZE - 1) >> PAGE_SHIFT).astype(np.int64)
+        page_addr = addr & ~_U64(PAGE_SIZE - 1)
+        seg_len = np.add.reduceat(ln, first)  # bytes from the first entry's offset
+        k = len(first)
+        dma_out = np.empty(k, dtype=np.uint64)
+        for j, (a, b) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
             try:
-                base = self._map_run(dev, parts, seg)
+                base = self._map_run(dev, page_addr[a:b], pages[a:b])
             except DmaMappingError:
-                for j in range(k):
-                    self._unmap_run(int(dma_out[j]), int(len_out[j]))
+                for q in range(j):
+                    self._unmap_run(int(dma_out[q]), int(seg_len[q]))
                 raise
-            dma_out[k] = base + int(off[a])
-            len_out[k] = seg - int(off[a])
+            dma_out[j] = base + off_l[a]
+        len_out = seg_len.astype(np.uint64)
         return dma_out, len_out, SgCookie()
 
     def unmap_sg(self, dev: Any, dma_addr: np.ndarray, dma_len: np.ndarray, direction: str,

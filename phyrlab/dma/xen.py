@@ -18,10 +18,10 @@ Read in the kernel sources (stored versions are v6.x; the logic matches v6.2):
 
 Simplified: the P2M is a numpy array built from a seed (guest memory handed out in machine-
 contiguous chunks of ``chunk_pages``, in shuffled order, as a PV guest sees it) unless one is
-passed; ``phys_to_dma`` is the identity on top of it; the swiotlb pool here is this module's
-own small model of kernel/dma/swiotlb.c (2 KiB slots, 128-slot segments, page-aligned start
-for mappings of a page or more, ``min_align_mask`` kept), machine-contiguous at
-``pool_dma_base``; grant-table growth (``gnttab_expand``) is not modelled.
+passed; ``phys_to_dma`` is the identity on top of it; bounces use the core's swiotlb pool
+(``phyrlab.dma.swiotlb``), its pages remapped machine-contiguous at ``pool_mfn`` as
+``xen_swiotlb_fixup`` does (one region for the pool, not one per 128-slot segment); grant-
+table growth (``gnttab_expand``) is not modelled.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ from phyrlab.dma.ops import (
     dma_limit,
     register_family,
 )
+from phyrlab.dma.swiotlb import is_swiotlb_force_bounce, swiotlb_max_mapping_size
 from phyrlab.errors import DmaMappingError
 from phyrlab.faults import should_fail
-from phyrlab.units import DMA_BIT_MASK, PAGE_SHIFT, PAGE_SIZE, SZ_64M
+from phyrlab.units import DMA_BIT_MASK, PAGE_SHIFT
 
 XEN_PAGE_SHIFT = PAGE_SHIFT
 XEN_PAGE_SIZE = 1 << XEN_PAGE_SHIFT
@@ -48,9 +49,6 @@ XEN_PAGE_SIZE = 1 << XEN_PAGE_SHIFT
 XEN_GRANT_DMA_ADDR_OFF = 1 << 63
 #: ``GNTTAB_NR_RESERVED_ENTRIES`` (include/xen/interface/grant_table.h).
 GNTTAB_NR_RESERVED_ENTRIES = 8
-IO_TLB_SHIFT = 11
-IO_TLB_SIZE = 1 << IO_TLB_SHIFT
-IO_TLB_SEGSIZE = 128
 
 _U64 = np.uint64
 
@@ -67,42 +65,17 @@ def make_p2m(nr_pages: int, chunk_pages: int = 512, seed: int = 0,
     return np.repeat(first, chunk_pages)[:nr_pages] + within
 
 
-class _SlotPool:
-    """The swiotlb slot bitmap of one pool (``io_tlb_mem``), machine-contiguous."""
-
-    def __init__(self, size: int, dma_base: int):
-        if size % (IO_TLB_SIZE * IO_TLB_SEGSIZE):
-            raise ValueError(f"swiotlb pool of {size} bytes: not a whole number of segments")
-        self.nslabs = size >> IO_TLB_SHIFT
-        self.used = np.zeros(self.nslabs, dtype=bool)
-        self.dma_base = dma_base
-        self.owner: dict[int, tuple[int, int, int]] = {}  # first slot -> (nslots, orig, size)
-
-    def find_slots(self, nslots: int, stride: int, align_mask: int, orig: int) -> int:
-        """First free run of ``nslots`` inside one 128-slot segment (``swiotlb_find_slots``).
-
-        A slot's address must agree with ``orig`` on ``align_mask`` (the ``min_align_mask``
-        bits above the slot size); the pool itself is taken as aligned to that mask.
-        """
-        if nslots > IO_TLB_SEGSIZE:
-            return -1
-        cand = np.arange(0, self.nslabs - nslots + 1, stride)
-        if align_mask:
-            cand = cand[((cand << IO_TLB_SHIFT) & align_mask) == (orig & align_mask)]
-        seg_ok = (cand % IO_TLB_SEGSIZE) + nslots <= IO_TLB_SEGSIZE
-        cand = cand[seg_ok]
-        cs = np.concatenate(([0], np.cumsum(self.used.astype(np.int32))))
-        free = (cs[cand + nslots] - cs[cand]) == 0
-        hit = np.flatnonzero(free)
-        return int(cand[hit[0]]) if len(hit) else -1
-
-
 class XenSwiotlbOps(DmaMapOps):
-    """``xen_swiotlb_dma_ops``: direct when machine-contiguous and capable, else bounce."""
+    """``xen_swiotlb_dma_ops``: direct when machine-contiguous and capable, else bounce.
+
+    Bounces go through the device's swiotlb pool (``dev.dma_io_tlb_mem``, the core's
+    :class:`~phyrlab.dma.swiotlb.IoTlbMem`), whose pages this backend first makes machine-
+    contiguous at ``pool_mfn`` below 4 GiB in the P2M, as ``xen_swiotlb_fixup`` does with
+    ``xen_create_contiguous_region``.
+    """
 
     def __init__(self, entry: OpsEntry | None = None, **params: Any):
-        allowed = {"p2m", "nr_pages", "chunk_pages", "seed", "mfn_base", "pool_size",
-                   "pool_dma_base", "force_bounce"}
+        allowed = {"p2m", "nr_pages", "chunk_pages", "seed", "mfn_base", "pool_mfn"}
         unknown = sorted(set(params) - allowed)
         if unknown:
             raise ValueError(f"xen_swiotlb_dma_ops: unknown parameter {unknown[0]!r}")
@@ -112,13 +85,29 @@ class XenSwiotlbOps(DmaMapOps):
         if p2m is None:
             p2m = make_p2m(p.get("nr_pages", 1 << 22), p.get("chunk_pages", 512),
                            p.get("seed", 0), p.get("mfn_base", 0x10_0000))
-        self.p2m = np.asarray(p2m, dtype=np.uint64)
-        self.pool = _SlotPool(p.get("pool_size", SZ_64M), p.get("pool_dma_base", 0x4000_0000))
-        self.force_bounce = bool(p.get("force_bounce", False))
+        self.p2m = np.array(p2m, dtype=np.uint64)
+        self.pool_mfn = int(p.get("pool_mfn", 0x4_0000))  # 1 GiB: below MAX_DMA_BITS 32
+        self._fixed: Any = None
+
+    # the pool, made machine-contiguous once (xen_swiotlb_fixup)
+    def _pool(self, dev: Any) -> Any:
+        pool = dev.dma_io_tlb_mem  # made on first use
+        if pool is None:
+            raise DmaMappingError("ENOMEM", f"{self.name}: the device has no swiotlb pool")
+        if self._fixed is not pool:
+            first, last = pool.start >> XEN_PAGE_SHIFT, (pool.end - 1) >> XEN_PAGE_SHIFT
+            if last >= len(self.p2m):
+                raise ValueError(f"{self.name}: swiotlb pool [{pool.start:#x}, {pool.end:#x}) "
+                                 f"is beyond the guest's {len(self.p2m)} pages")
+            n = last - first + 1
+            self.p2m[first:last + 1] = np.arange(self.pool_mfn, self.pool_mfn + n,
+                                                 dtype=np.uint64)
+            self._fixed = pool
+        return pool
 
     def resources(self) -> dict[str, int]:
-        """swiotlb slots held."""
-        return {"bounce_slots": int(np.count_nonzero(self.pool.used))}
+        """swiotlb slots held in the pool this backend bounced through."""
+        return {"bounce_slots": int(self._fixed.used) if self._fixed is not None else 0}
 
     # xen_phys_to_dma / range_straddles_page_boundary, vectorized over entries
     def _check_pfns(self, addr: np.ndarray, length: np.ndarray) -> None:
@@ -151,72 +140,60 @@ class XenSwiotlbOps(DmaMapOps):
         np.logical_or.at(out, owner, bad)
         return out
 
+    def _pool_dma(self, pool: Any) -> tuple[int, int]:
+        base = self.pool_mfn << XEN_PAGE_SHIFT
+        return base, base + (pool.end - pool.start)
+
     def _bounce_map(self, dev: Any, paddr: int, size: int, direction: str) -> int:
-        """``swiotlb_tbl_map_single`` into the Xen pool; -ENOMEM-like failure raises."""
-        min_align = int(getattr(dev, "min_align_mask", 0) or 0)
-        off = paddr & min_align & (IO_TLB_SIZE - 1)  # swiotlb_align_offset()
-        nslots = -(-(size + off) // IO_TLB_SIZE)
-        stride = (PAGE_SIZE // IO_TLB_SIZE) if size >= PAGE_SIZE else 1
-        if should_fail("swiotlb_slot"):
-            idx = -1
-        else:
-            idx = self.pool.find_slots(nslots, stride, min_align & ~(IO_TLB_SIZE - 1), paddr)
-        if idx < 0:
-            raise DmaMappingError(
-                "ENOMEM", f"{self.name}: swiotlb buffer is full (sz: {size} bytes, "
-                f"{nslots} slots; {int(self.pool.used.sum())} of {self.pool.nslabs} used)")
-        self.pool.used[idx:idx + nslots] = True
-        self.pool.owner[idx] = (nslots, paddr, size)
-        self.count("bounce_slots", nslots)
-        dma = self.pool.dma_base + (idx << IO_TLB_SHIFT) + off
+        """``swiotlb_tbl_map_single`` then the capability re-check of map_page."""
+        pool = self._pool(dev)  # its stats count bounce_slots / bounce_bytes
+        tlb = pool.tbl_map_single(dev, paddr, size, size, 0, direction)
+        dma = int(self.phys_to_dma(np.array([tlb], np.uint64))[0])
         if dma + size - 1 > dma_limit(dev):
-            self._bounce_unmap(idx, "none")
+            pool.release_slots(dev, tlb)
             raise DmaMappingError(
                 "ENOMEM", f"{self.name}: bounce buffer at {dma:#x} is beyond the device's "
                 f"DMA limit {dma_limit(dev):#x}")
-        if direction in ("to_device", "bidirectional"):
-            self.count("bounce_bytes", size)
         return dma
 
-    def _bounce_unmap(self, idx: int, direction: str) -> None:
-        nslots, _orig, size = self.pool.owner.pop(idx)
-        self.pool.used[idx:idx + nslots] = False
-        if direction in ("from_device", "bidirectional"):
-            self.count("bounce_bytes", size)
+    def _bounce_unmap(self, dev: Any, dma: int, size: int, direction: str,
+                      skip_sync: bool = False) -> None:
+        pool = self._pool(dev)
+        lo, _ = self._pool_dma(pool)
+        pool.tbl_unmap_single(dev, pool.start + (dma - lo), size, direction, skip_sync)
 
-    def _pool_index(self, dma: int) -> int | None:
-        rel = dma - self.pool.dma_base
-        if 0 <= rel < self.pool.nslabs << IO_TLB_SHIFT:
-            return rel >> IO_TLB_SHIFT
-        return None
+    def _in_pool(self, dev: Any, dma: np.ndarray) -> np.ndarray:
+        if self._fixed is None:
+            return np.zeros(len(dma), dtype=bool)
+        lo, hi = self._pool_dma(self._pool(dev))
+        dma = np.asarray(dma, dtype=np.uint64)
+        return (dma >= _U64(lo)) & (dma < _U64(hi))
 
     def map_phys(self, dev: Any, paddr: int, size: int, direction: str) -> int:
         """``xen_swiotlb_map_page``."""
         check_direction(direction)
+        self._pool(dev)
         a = np.array([paddr], np.uint64)
         n = np.array([size], np.uint64)
         self._check_pfns(a, n)
         self.count("entries_walked")
         dma = int(self.phys_to_dma(a)[0])
         if (dma + size - 1 <= dma_limit(dev) and not bool(self.straddles(a, n)[0])
-                and not self.force_bounce):
+                and not is_swiotlb_force_bounce(dev)):
             return dma
         return self._bounce_map(dev, paddr, size, direction)
 
     def unmap_phys(self, dev: Any, dma_addr: int, size: int, direction: str) -> None:
         """``xen_swiotlb_unmap_page``: slots back only for a pool address."""
         check_direction(direction)
-        idx = self._pool_index(dma_addr)
-        if idx is None:
-            return
-        if idx not in self.pool.owner:
-            raise ValueError(f"{self.name}: unmap of {dma_addr:#x}: not a mapped bounce buffer")
-        self._bounce_unmap(idx, direction)
+        if self._in_pool(dev, np.array([dma_addr], np.uint64))[0]:
+            self._bounce_unmap(dev, dma_addr, size, direction)
 
     def map_sg(self, dev: Any, addr: np.ndarray, length: np.ndarray,
                direction: str) -> tuple[np.ndarray, np.ndarray, Any]:
         """``xen_swiotlb_map_sg``: per entry; direct decision vectorized, bounces in order."""
         check_direction(direction)
+        self._pool(dev)
         addr = np.asarray(addr, dtype=np.uint64)
         length = np.asarray(length, dtype=np.uint64)
         self._check_pfns(addr, length)
@@ -224,7 +201,7 @@ class XenSwiotlbOps(DmaMapOps):
         dma = self.phys_to_dma(addr)
         ok = (dma + length - _U64(1)) <= _U64(dma_limit(dev))
         ok &= ~self.straddles(addr, length)
-        if self.force_bounce:
+        if is_swiotlb_force_bounce(dev):
             ok[:] = False
         out = dma.copy()
         done: list[int] = []
@@ -232,10 +209,8 @@ class XenSwiotlbOps(DmaMapOps):
             try:
                 out[i] = self._bounce_map(dev, int(addr[i]), int(length[i]), direction)
             except DmaMappingError as exc:
-                for j in done:
-                    slot = self._pool_index(int(out[j]))
-                    assert slot is not None
-                    self._bounce_unmap(slot, "none")
+                for j in done:  # xen_swiotlb_unmap_sg(..., DMA_ATTR_SKIP_CPU_SYNC)
+                    self._bounce_unmap(dev, int(out[j]), int(length[j]), direction, True)
                 raise DmaMappingError(
                     "EIO", f"{self.name}: map_sg failed at entry {i}: {exc}") from None
             done.append(i)
@@ -245,26 +220,23 @@ class XenSwiotlbOps(DmaMapOps):
                  cookie: Any) -> None:
         """``xen_swiotlb_unmap_sg``: per entry."""
         check_direction(direction)
-        for a in np.asarray(dma_addr).tolist():
-            idx = self._pool_index(a)
-            if idx is not None:
-                self._bounce_unmap(idx, direction)
+        inside = self._in_pool(dev, dma_addr)
+        for a, n in zip(np.asarray(dma_addr)[inside].tolist(),
+                        np.asarray(dma_len)[inside].tolist(), strict=True):
+            self._bounce_unmap(dev, a, n, direction)
 
     def bounced_mask(self, dev: Any, dma_addr: np.ndarray, dma_len: np.ndarray) -> np.ndarray:
         """``is_xen_swiotlb_buffer`` per entry."""
-        rel = np.asarray(dma_addr, dtype=np.uint64) - _U64(self.pool.dma_base)
-        size = _U64(self.pool.nslabs << IO_TLB_SHIFT)
-        return (np.asarray(dma_addr, np.uint64) >= _U64(self.pool.dma_base)) & (rel < size)
+        return self._in_pool(dev, dma_addr)
 
     def max_mapping_size(self, dev: Any) -> int:
-        """``swiotlb_max_mapping_size``: one segment, less the ``min_align_mask`` padding."""
-        mask = int(getattr(dev, "min_align_mask", 0) or 0)
-        pad = -(-mask // IO_TLB_SIZE) * IO_TLB_SIZE if mask else 0
-        return IO_TLB_SIZE * IO_TLB_SEGSIZE - pad
+        """``swiotlb_max_mapping_size``."""
+        return swiotlb_max_mapping_size(dev)
 
     def dma_supported(self, dev: Any, mask: int) -> bool:
         """``xen_swiotlb_dma_supported``: the pool's top must be reachable."""
-        return self.pool.dma_base + (self.pool.nslabs << IO_TLB_SHIFT) - 1 <= mask
+        pool = self._pool(dev)
+        return self._pool_dma(pool)[1] - 1 <= mask
 
 
 class XenGrantOps(DmaMapOps):
@@ -280,6 +252,7 @@ class XenGrantOps(DmaMapOps):
         self.free = np.ones(n, dtype=bool)
         self.free[:GNTTAB_NR_RESERVED_ENTRIES] = False
         self.frames = np.zeros(n, dtype=np.uint64)
+        self.low_free = GNTTAB_NR_RESERVED_ENTRIES  # no free reference below this
 
     def resources(self) -> dict[str, int]:
         """Grant references held."""
@@ -289,12 +262,19 @@ class XenGrantOps(DmaMapOps):
         """``gnttab_alloc_grant_reference_seq``: first run of ``count`` free references."""
         if should_fail("grant_alloc"):
             return -1
-        cs = np.concatenate(([0], np.cumsum(self.free.astype(np.int32))))
-        cand = np.flatnonzero((cs[count:] - cs[:-count]) == count)
-        if not len(cand):
-            return -1
-        g = int(cand[0])
+        lf = self.low_free
+        if self.free[lf:lf + count].all() and lf + count <= len(self.free):
+            g = lf
+        else:
+            tail = self.free[lf:]
+            cs = np.concatenate(([0], np.cumsum(tail.astype(np.int32))))
+            cand = np.flatnonzero((cs[count:] - cs[:-count]) == count)
+            if not len(cand):
+                return -1
+            g = lf + int(cand[0])
         self.free[g:g + count] = False
+        if g == lf:
+            self.low_free = g + count
         return g
 
     def map_phys(self, dev: Any, paddr: int, size: int, direction: str) -> int:
@@ -324,6 +304,7 @@ class XenGrantOps(DmaMapOps):
             raise ValueError(f"{self.name}: unmap of {dma_addr:#x}: not a granted address")
         self.free[g:g + n_pages] = True
         self.frames[g:g + n_pages] = 0
+        self.low_free = min(self.low_free, g)
 
     def map_sg(self, dev: Any, addr: np.ndarray, length: np.ndarray,
                direction: str) -> tuple[np.ndarray, np.ndarray, Any]:
