@@ -552,3 +552,29 @@ def test_map_unmap_returns_everything(name, data):
     assert int(dlen.max()) <= max(dev.max_seg_size, int(length.max()))
     dev.ops.unmap_sg(dev, dma, dlen, "bidirectional", cookie)
     assert dev.ops.resources() == before
+
+
+# ------------------------------------------------------------------ layout independence
+FAMILY_ROWS = sorted(n for n, e in OPS.items()
+                     if e.family in ("single_level", "s390", "xen", "vduse", "linear")
+                     and n not in ("ps3_sb_dma_ops", "ps3_ioc0_dma_ops"))
+
+
+@pytest.mark.parametrize("name", FAMILY_ROWS)
+def test_same_dma_list_from_every_layout(name):
+    from phyrlab.layouts import LAYOUTS
+
+    # page-aligned ranges (page_list / pfn_run hold whole pages), some physically adjacent
+    addr = arr(0x1_2000_0000, 0x1_2000_1000, 0x3_0000_0000, 0x5000, 0x2_0000_8000)
+    length = arr(4096, 8192, 12288, 4096, 4096)
+    mask = DMA_BIT_MASK(64) if name in ("xen_grant_dma_ops", "ibmebus_dma_ops",
+                                        "vduse_dev_dma_ops") else DMA_BIT_MASK(32)
+    got = {}
+    for lname, cls in LAYOUTS.items():
+        x = cls.from_ranges(addr, length)
+        dev = dev_for(name, dma_mask=mask)
+        dl = dma_map(dev, x, "to_device")
+        got[lname] = (dl.dma_addr.tolist(), dl.length.tolist())
+        dma_unmap(dev, dl)
+    first = next(iter(got.values()))
+    assert all(v == first for v in got.values()), got

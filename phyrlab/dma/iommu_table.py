@@ -40,6 +40,12 @@ Read in the kernel sources (stored versions; several are older than v6.2, noted 
   physically contiguous leader that lies in the direct-map window, ``iommu_arena_find_pages``
   next-fit with one wrap that flushes (``mv_pci_tbi``), unmap above ``next_entry`` flushes.
 
+Not verified in a stored file (taken from memory of v6.2, to re-check): sparc's lazy flush
+on allocator wrap (``iommu_tbl_range_alloc`` in lib/iommu-common.c), the per-segment IOC purge
+on unmap of parisc ccio/sba and ia64 sba, sun4u/sun4v ``map_sg`` returning -EINVAL and jazz
+-EIO (the v5.16 "return error code from map_sg" series), the table geometries in
+:data:`ROW_PARAMS` (typical values, not read from firmware), ``VIO_CMO_MIN_ENT``.
+
 Simplified (one line each): powerpc/sparc use one small-allocation pool (no per-CPU pools);
 parisc, ia64 and arm chunking use the GART rule (page-aligned joins, ``max_seg_size``) with
 their own size accounting; sun4v counts one hypercall per batch of contiguous pages
