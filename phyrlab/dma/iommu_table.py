@@ -44,7 +44,8 @@ Not verified in a stored file (taken from memory of v6.2, to re-check): sparc's 
 on allocator wrap (``iommu_tbl_range_alloc`` in lib/iommu-common.c), the per-segment IOC purge
 on unmap of parisc ccio/sba and ia64 sba, sun4u/sun4v ``map_sg`` returning -EINVAL and jazz
 -EIO (the v5.16 "return error code from map_sg" series), the table geometries in
-:data:`ROW_PARAMS` (typical values, not read from firmware), ``VIO_CMO_MIN_ENT``.
+:data:`ROW_PARAMS` (typical values, not read from firmware). ``VIO_CMO_MIN_ENT`` = 1562624
+was read in arch/powerpc/include/asm/vio.h.
 
 Simplified (one line each): powerpc/sparc use one small-allocation pool (no per-CPU pools);
 parisc, ia64 and arm chunking use the GART rule (page-aligned joins, ``max_seg_size``) with
