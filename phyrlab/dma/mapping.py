@@ -67,17 +67,21 @@ class DmaList:
 
 # --------------------------------------------------------------------------- input
 def _as_ranges(x: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``phyrlab.layouts.as_ranges(x)``: a layout, an object with ``.ranges()`` or a pair."""
+    """``phyrlab.layouts.as_ranges(x)``: a layout, an object with ``.ranges()`` or a pair.
+
+    ``as_ranges`` validates a pair (zero length, overflow, overlap) and a layout's ranges are
+    valid by construction; without the layouts package a pair is checked here.
+    """
     try:
         from phyrlab.layouts import as_ranges
     except ImportError:  # the layouts package is optional for the DMA core
         as_ranges = None
     if as_ranges is not None:
         addr, length = as_ranges(x)
-    elif hasattr(x, "ranges"):
-        addr, length = x.ranges()
-    else:
-        addr, length = x
+        if addr.size == 0:
+            raise RangeError("cannot map an empty range list")
+        return addr, length
+    addr, length = x.ranges() if hasattr(x, "ranges") else x
     addr = np.asarray(addr)
     length = np.asarray(length)
     if addr.ndim != 1 or addr.shape != length.shape:
@@ -128,6 +132,9 @@ def split_for_device(addr: np.ndarray, length: np.ndarray, max_seg: int, boundar
     """
     if max_seg <= 0:
         raise ValueError(f"max_seg {max_seg} must be positive")
+    if int(length.max()) <= max_seg and (boundary == U64_MAX or not np.any(
+            length - U64(1) > U64(boundary) - (addr & U64(boundary)))):
+        return addr, length                 # nothing to cut: the common case, two passes
     if boundary != U64_MAX:
         window = boundary + 1
         addr, length = _cut(addr, length, U64(window) - (addr & U64(boundary)), window)
