@@ -15,8 +15,8 @@ from bokeh.models import ColumnDataSource, NumeralTickFormatter
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-WIDTH = 900
-HEIGHT = 420
+WIDTH = 800
+HEIGHT = 400
 FONT = "14pt"
 TITLE_FONT = "16pt"
 
@@ -75,8 +75,7 @@ def sweep_chart(sweep: dict, *, x: str = "size", title: str, x_label: str, y_lab
     for key, color in zip(series, palette(series), strict=True):
         fig.line(sweep[x], sweep[key], legend_label=key, color=color, line_width=3)
         fig.scatter(sweep[x], sweep[key], color=color, size=7)
-    if bytes_x:
-        fig.xaxis.formatter = NumeralTickFormatter(format="0 b")
+    fig.xaxis.formatter = NumeralTickFormatter(format="0 b" if bytes_x else "0.[0]")
     fig.yaxis.formatter = NumeralTickFormatter(format="0.[0] b")
     fig.legend.location = "top_right" if not bytes_x else "top_left"
     fig.legend.click_policy = "hide"
