@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import layouts, memory, notebook, storage, tables, units, workloads
+from . import cost, dma, iommu, layouts, memory, notebook, pci, storage, tables, units, workloads
 from .errors import DmaMappingError, InputFileError, PhyrlabError, RangeError
 from .layouts import LAYOUTS, SgTable, sg_alloc_table_from_pages
 from .units import PAGE_SHIFT, PAGE_SIZE
@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PAGE_SHIFT", "PAGE_SIZE", "LAYOUTS", "SgTable", "sg_alloc_table_from_pages",
-    "layouts", "memory", "notebook", "storage", "tables", "units", "workloads",
+    "cost", "dma", "iommu", "layouts", "memory", "notebook", "pci", "storage", "tables", "units",
+    "workloads",
     "PhyrlabError", "RangeError", "InputFileError", "DmaMappingError",
 ]
