@@ -138,6 +138,17 @@ def test_min_align_mask_keeps_the_low_bits_nvme_style():
     assert (mem.list[0], mem.list[1], mem.list[2]) == (128, 127, 126)
 
 
+def test_orig_addr_zero_skips_the_alignment_test():
+    # "if (orig_addr && ...)": physical address 0 is taken for "no original buffer"
+    mem = IoTlbMem()
+    dev = dev_with(mem, min_align_mask=0xFFF)
+    mem.tbl_map_single(dev, 0x1_0000_0000, 2048, 2048, 0, "to_device")      # slot 0
+    t = mem.tbl_map_single(dev, 0, 512, 512, 0, "to_device")
+    assert t == mem.start + IO_TLB_SIZE                  # slot 1: bit 11 set, orig has 0
+    t2 = mem.tbl_map_single(dev, 0x1000, 512, 512, 0, "to_device")
+    assert t2 == mem.start + 2 * IO_TLB_SIZE             # slot 2 matches bit 11 of 0x1000
+
+
 def test_segment_boundary_mask_moves_the_mapping():
     mem = IoTlbMem()
     dev = dev_with(mem, seg_boundary_mask=0xFFFF)     # 64 KiB = 32 slots
