@@ -1,8 +1,11 @@
 """dma-direct: the path of a device with no ``dma_map_ops`` (kernel/dma/direct.c, direct.h).
 
-Mirrors ``dma_direct_map_page`` / ``dma_direct_unmap_page`` (kernel/dma/direct.h),
-``dma_direct_map_sg`` / ``dma_direct_unmap_sg``, ``dma_direct_sync_single_for_{cpu,device}``
-and ``dma_direct_max_mapping_size`` (kernel/dma/direct.c), read at the stored versions:
+Mirrors ``dma_direct_map_page`` / ``dma_direct_unmap_page`` (kernel/dma/direct.h, stored
+copy of the v6.x form with ``is_swiotlb_force_bounce``), ``dma_direct_map_sg`` /
+``dma_direct_unmap_sg``, ``dma_direct_sync_single_for_{cpu,device}`` and
+``dma_direct_max_mapping_size`` (kernel/dma/direct.c, as of v6.2). The stored
+include/linux/dma-direct.h is an old (``dma_pfn_offset``) copy; ``translate_phys_to_dma`` and
+the 64-bit ``dma_capable`` were read in a v5.10+ copy of that header found by search:
 
 - the DMA address is ``phys_to_dma(dev, phys)`` (``dma_range_map`` offsets, else identity);
 - bounce through swiotlb when ``is_swiotlb_force_bounce(dev)`` or when ``dma_capable()``

@@ -25,7 +25,11 @@ The device passed to every method is a :class:`phyrlab.dma.device.Device`; backe
 ``dev.dma_mask``, ``dev.coherent_dma_mask``, ``dev.bus_dma_limit``, ``dev.max_seg_size``,
 ``dev.seg_boundary_mask``, ``dev.min_align_mask``, ``dev.coherent``, ``dev.untrusted``,
 ``dev.is_pci``, ``dev.phys_to_dma(paddr)``/``dev.dma_to_phys(dma)`` (``dma_range_map``) and
-:func:`dma_limit` (``min(dma_mask, bus_dma_limit)``).
+:func:`dma_limit` (``min(dma_mask, bus_dma_limit)``). A backend that bounces uses the
+device's pool ``dev.dma_io_tlb_mem`` (:class:`phyrlab.dma.swiotlb.IoTlbMem`, None when the
+device has no swiotlb) and :func:`phyrlab.dma.swiotlb.swiotlb_map`; ``Device.resources()``
+adds the pool's slots in use, so a backend's ``resources()`` should not count them.
+``DmaList.stats`` is the change in ``backend.stats`` plus the pool's ``stats`` over one call.
 """
 
 from __future__ import annotations
