@@ -38,6 +38,10 @@ report: $(STAMP)
 strip: $(STAMP)
 	$(PY) -m phyrlab.nbtools regen
 
+NB ?= 01-storage-size.ipynb
+voila: $(STAMP)
+	$(VENV)/bin/voila notebooks/$(NB) --no-browser --Voila.ip=127.0.0.1
+
 bench: $(STAMP)
 	$(VENV)/bin/phyrlab bench
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: JupyterLab settings for presenting offline: no news fetch (its pop-up covers the page, and
+#: there is no network), and no virtual windowing, which jupyterlab-slideshow's deck needs.
+LAB_OVERRIDES = {
+    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false",
+                                                    "checkForUpdates": False},
+    "@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"},
+}
+
+
+def write_lab_overrides(prefix: Path = Path(sys.prefix)) -> Path:
+    """Install :data:`LAB_OVERRIDES` as this environment's ``overrides.json``."""
+    path = prefix / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**current, **LAB_OVERRIDES}, indent=2))
+    return path
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     """Open JupyterLab on notebooks/."""
+    write_lab_overrides()
     argv = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={ROOT / 'notebooks'}"]
     if args.no_browser:
         argv.append("--no-browser")
