@@ -160,28 +160,115 @@ def _diff(dev, before: dict[str, int]) -> DmaStats:
 def dma_map(dev, ranges: Any, direction: str = "bidirectional", *, split: bool = True
             ) -> DmaList:
     """Map any layout for ``dev``; a new :class:`DmaList`. ``split=False`` skips the cut
-    into device segments (the list is passed as it is, like ``dma_map_sg``)."""
+    into device segments (the list is passed as it is, like ``dma_map_sg``).
+
+    A device with ``pci=(topology, bdf)`` gets the P2P decision of ``pci_p2pdma_map_type``
+    per range (``phyrlab.pci.p2pdma.classify_ranges``), as ``dma_direct_map_sg`` and
+    ``iommu_dma_map_sg`` ask ``pci_p2pdma_state()``: ranges in a peer's P2P BAR that the
+    device reaches below a common switch get their bus address (``bus_addr`` flag) and never
+    reach the backend; ``NOT_SUPPORTED`` fails the whole list with ``-EREMOTEIO``.
+    """
     check_direction(direction)
     addr, length = _as_ranges(ranges)
     if split:
         addr, length = split_for_device(addr, length, dev.max_seg_size, dev.seg_boundary_mask)
+    bus = _p2p_bus(dev, addr, length)
     ops = dev.ops
     before = _counters(dev)
-    if ops.supports_sg:
-        dma, dlen, cookie = ops.map_sg(dev, addr, length, direction)
-        per_range = False
+    if bus is None:
+        dma, dlen, cookie, per_range = _backend_map(dev, addr, length, direction)
+        bounced = getattr(cookie, "bounced", None)
+        if bounced is None:
+            bounced = ops.bounced_mask(dev, dma, dlen)
+        bus_addr = np.zeros(dma.size, dtype=bool)
     else:
-        dma, dlen, cookie = _map_per_range(dev, addr, length, direction), length.copy(), None
-        per_range = True
+        dma, dlen, bounced, bus_addr, cookie, per_range = _map_with_peers(
+            dev, addr, length, bus, direction)
     stats = _diff(dev, before)
     stats.setdefault("entries_walked", int(addr.size))
-    bounced = getattr(cookie, "bounced", None)
-    if bounced is None:
-        bounced = ops.bounced_mask(dev, dma, dlen)
     return DmaList(dma_addr=dma, length=dlen, direction=direction,
-                   bounced=np.asarray(bounced, dtype=bool),
-                   bus_addr=np.zeros(dma.size, dtype=bool), stats=stats, per_range=per_range,
-                   device=dev, cookie=cookie)
+                   bounced=np.asarray(bounced, dtype=bool), bus_addr=bus_addr, stats=stats,
+                   per_range=per_range, device=dev, cookie=cookie)
+
+
+def _backend_map(dev, addr, length, direction):
+    if dev.ops.supports_sg:
+        return (*dev.ops.map_sg(dev, addr, length, direction), False)
+    return _map_per_range(dev, addr, length, direction), length.copy(), None, True
+
+
+def _p2p_bus(dev, addr: np.ndarray, length: np.ndarray) -> np.ndarray | None:
+    """Bus addresses (0 where host memory) of the ranges in a reachable P2P BAR, or None."""
+    if dev.pci is None:
+        return None
+    from phyrlab.pci.p2pdma import MapType, classify_ranges
+
+    topo, bdf = dev.pci
+    rc = classify_ranges(topo, bdf, addr, length)
+    bad = np.flatnonzero(rc.map_type == MapType.NOT_SUPPORTED)
+    if bad.size:
+        i = int(bad[0])
+        raise DmaMappingError(
+            "EREMOTEIO", f"range {i} at {int(addr[i]):#x} is P2P memory of "
+                         f"{rc.providers[int(rc.provider[i])]} that {bdf} cannot reach "
+                         "(PCI_P2PDMA_MAP_NOT_SUPPORTED)")
+    is_bus = rc.map_type == MapType.BUS_ADDR
+    if not is_bus.any():
+        return None
+    return np.where(is_bus, addr + rc.bus_offset.astype(U64), U64(0))
+
+
+@dataclass
+class _PeerCookie:
+    """The backend's own result for the host ranges of a list that also holds bus ranges."""
+
+    dma: np.ndarray
+    dlen: np.ndarray
+    cookie: Any
+    per_range: bool
+
+
+def _map_with_peers(dev, addr, length, bus, direction):
+    """Host ranges through the backend in one call, bus ranges as they are, in input order.
+
+    A DMA segment never spans a bus-address range (``__finalise_sg`` restarts after one), so
+    the backend's segments are cut where a bus range sat between their host ranges.
+    """
+    is_bus = bus != 0
+    host = np.flatnonzero(~is_bus)
+    if host.size == 0:
+        pieces_key = np.zeros(0, dtype=np.int64)
+        pd = pl = np.zeros(0, dtype=U64)
+        pb = np.zeros(0, dtype=bool)
+        inner = None
+    else:
+        hl = length[host]
+        dma, dlen, cookie, per_range = _backend_map(dev, addr[host], hl, direction)
+        bnc = getattr(cookie, "bounced", None)
+        if bnc is None:
+            bnc = dev.ops.bounced_mask(dev, dma, dlen)
+        inner = _PeerCookie(dma, dlen, cookie, per_range)
+        h_start = np.concatenate([[U64(0)], np.cumsum(hl, dtype=U64)[:-1]])
+        h_end = h_start + hl
+        o_start = np.concatenate([[U64(0)], np.cumsum(dlen, dtype=U64)[:-1]])
+        # host byte offsets where a bus range interrupts the host run
+        run_end = h_end[:-1][np.diff(host) > 1]
+        cuts = np.union1d(o_start, run_end)
+        k = np.searchsorted(o_start, cuts, side="right") - 1
+        ends = np.append(cuts[1:], h_end[-1])
+        pd = dma[k] + (cuts - o_start[k])
+        pl = ends - cuts
+        pb = np.asarray(bnc, dtype=bool)[k]
+        pieces_key = host[np.searchsorted(h_start, cuts, side="right") - 1]
+    bus_idx = np.flatnonzero(is_bus)
+    key = np.concatenate([pieces_key, bus_idx])
+    order = np.argsort(key, kind="stable")
+    out_d = np.concatenate([pd, bus[bus_idx]])[order]
+    out_l = np.concatenate([pl, length[bus_idx]])[order]
+    out_b = np.concatenate([pb, np.zeros(bus_idx.size, dtype=bool)])[order]
+    out_bus = np.concatenate([np.zeros(pd.size, dtype=bool), np.ones(bus_idx.size, dtype=bool)]
+                             )[order]
+    return out_d, out_l, out_b, out_bus, inner, bool(inner and inner.per_range)
 
 
 def _map_per_range(dev, addr: np.ndarray, length: np.ndarray, direction: str) -> np.ndarray:
@@ -221,12 +308,18 @@ def dma_unmap(dev, dma_list: DmaList, direction: str | None = None) -> DmaStats:
         return dma_unmap_iova(dev, dma_list)
     before = _counters(dev)
     ops = dev.ops
-    if dma_list.per_range:
-        for a, n in zip(dma_list.dma_addr.tolist(), dma_list.length.tolist(), strict=True):
+    dma, dlen, cookie, per_range = (dma_list.dma_addr, dma_list.length, dma_list.cookie,
+                                    dma_list.per_range)
+    if dma_list.bus_addr.any():           # bus ranges hold nothing; undo the host part
+        if cookie is None:
+            dma_list.mapped = False
+            return _diff(dev, before)
+        dma, dlen, cookie, per_range = cookie.dma, cookie.dlen, cookie.cookie, cookie.per_range
+    if per_range:
+        for a, n in zip(dma.tolist(), dlen.tolist(), strict=True):
             ops.unmap_phys(dev, a, n, dma_list.direction)
     else:
-        ops.unmap_sg(dev, dma_list.dma_addr, dma_list.length, dma_list.direction,
-                     dma_list.cookie)
+        ops.unmap_sg(dev, dma, dlen, dma_list.direction, cookie)
     dma_list.mapped = False
     return _diff(dev, before)
 
