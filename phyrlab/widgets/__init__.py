@@ -105,4 +105,11 @@ def show(obj) -> ipw.Widget:
 
 from .storage import storage_panel  # noqa: E402
 
-__all__ = ["LivePanel", "size_slider", "plots_label", "show", "storage_panel"]
+#: notebook stem -> (main panel factory, control values that give about 10^6 entries);
+#: ``benchmarks/notebooks.py`` times one control change of each at default and large sizes.
+PANELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "01-storage-size": ("phyrlab.widgets.storage:storage_panel",
+                        {"size": 1 << 32, "mean_run_pages": 1.0}),
+}
+
+__all__ = ["PANELS", "LivePanel", "size_slider", "plots_label", "show", "storage_panel"]
