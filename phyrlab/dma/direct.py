@@ -44,6 +44,10 @@ def dma_capable_array(dev, dma_addr: np.ndarray, size: np.ndarray) -> np.ndarray
     """``dma_capable`` of every (address, size) pair, without uint64 wrap-around."""
     dma_addr = np.asarray(dma_addr, dtype=U64)
     size = np.asarray(size, dtype=U64)
+    if dma_addr.size:
+        top = int(dma_addr.max())
+        if top != DMA_MAPPING_ERROR and top + int(size.max()) - 1 <= dma_limit(dev):
+            return np.ones(dma_addr.size, dtype=bool)     # every end is below the limit
     limit = U64(dma_limit(dev))
     # end = addr + size - 1 <= limit  <=>  size - 1 <= limit - addr  (when addr <= limit)
     return (dma_addr != U64(DMA_MAPPING_ERROR)) & (dma_addr <= limit) & (
