@@ -320,6 +320,18 @@ class Layout:
                 f"{self.total_length} bytes described>")
 
 
+class EntryArrayLayout(Layout):
+    """A layout whose whole state is one structured array of entries (``self.entries``)."""
+
+    dtype: ClassVar[np.dtype]
+
+    def __init__(self, entries: np.ndarray):
+        self.entries = entries
+
+    def __len__(self) -> int:
+        return self.entries.size
+
+
 def as_ranges(x: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(addr, length)`` uint64 arrays of a layout, an object with ``.ranges()``, or a pair.
 

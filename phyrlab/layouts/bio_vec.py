@@ -18,7 +18,7 @@ from ..units import PAGE_SIZE
 from .base import (
     MAX_U32_CHUNK,
     U64,
-    Layout,
+    EntryArrayLayout,
     addr_to_page_pointer,
     page_pointer_to_addr,
     split_ranges,
@@ -27,16 +27,13 @@ from .base import (
 BIO_VEC_DTYPE = np.dtype([("bv_page", "<u8"), ("bv_len", "<u4"), ("bv_offset", "<u4")])
 
 
-class BioVec(Layout):
+class BioVec(EntryArrayLayout):
     """An array of multi-page ``struct bio_vec`` (what a ``struct bio``'s ``bi_io_vec`` holds)."""
 
     name: ClassVar[str] = "bio_vec"
     c_struct: ClassVar[str] = "struct bio_vec"
     dtype: ClassVar[np.dtype] = BIO_VEC_DTYPE
     entry_size: ClassVar[int] = BIO_VEC_DTYPE.itemsize
-
-    def __init__(self, entries: np.ndarray):
-        self.entries = entries
 
     @classmethod
     def _build(cls, addr: np.ndarray, length: np.ndarray) -> BioVec:
@@ -52,6 +49,3 @@ class BioVec(Layout):
         addr = page_pointer_to_addr(e["bv_page"])
         addr += e["bv_offset"]
         return addr, e["bv_len"].astype(U64)
-
-    def __len__(self) -> int:
-        return self.entries.size

@@ -14,23 +14,20 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import MAX_U32_CHUNK, U64, Layout, split_ranges
+from .base import MAX_U32_CHUNK, U64, EntryArrayLayout, split_ranges
 
 PHYR_DTYPE = np.dtype([("addr", "<u8"), ("len", "<u8")])
 PHYS_VEC_DTYPE = np.dtype({"names": ["paddr", "len"], "formats": ["<u8", "<u4"],
                            "offsets": [0, 8], "itemsize": 16})
 
 
-class Phyr(Layout):
+class Phyr(EntryArrayLayout):
     """An array of ``struct phyr`` (Wilcox): one physical range per entry, any length."""
 
     name: ClassVar[str] = "phyr"
     c_struct: ClassVar[str] = "struct phyr"
     dtype: ClassVar[np.dtype] = PHYR_DTYPE
     entry_size: ClassVar[int] = PHYR_DTYPE.itemsize
-
-    def __init__(self, entries: np.ndarray):
-        self.entries = entries
 
     @classmethod
     def _build(cls, addr: np.ndarray, length: np.ndarray) -> Phyr:
@@ -42,20 +39,14 @@ class Phyr(Layout):
     def _entry_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         return self.entries["addr"], self.entries["len"]
 
-    def __len__(self) -> int:
-        return self.entries.size
 
-
-class PhysVec(Layout):
+class PhysVec(EntryArrayLayout):
     """An array of ``struct phys_vec`` (block layer, v6.17+): ``u32`` lengths, 16-byte entries."""
 
     name: ClassVar[str] = "phys_vec"
     c_struct: ClassVar[str] = "struct phys_vec"
     dtype: ClassVar[np.dtype] = PHYS_VEC_DTYPE
     entry_size: ClassVar[int] = PHYS_VEC_DTYPE.itemsize
-
-    def __init__(self, entries: np.ndarray):
-        self.entries = entries
 
     @classmethod
     def _build(cls, addr: np.ndarray, length: np.ndarray) -> PhysVec:
@@ -67,6 +58,3 @@ class PhysVec(Layout):
 
     def _entry_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         return self.entries["paddr"], self.entries["len"].astype(U64)
-
-    def __len__(self) -> int:
-        return self.entries.size
