@@ -1,16 +1,35 @@
-"""Pure functions behind the P2P notebook: decision matrix, one pair's path, tree drawing, and
-topology variants (ACS redirect toggled, whitelist off). Nothing here draws or caches.
+"""Pure functions behind the P2P notebooks (05, 07): decision matrix, one pair's path, tree
+drawing, topology variants (ACS redirect toggled, whitelist off) and the tables and columns the
+notebooks print and plot. Nothing here draws; only the loaders of named files cache
+(:func:`load_named`, :func:`named_variant`), so a live control costs a dictionary lookup.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
-from phyrlab.pci.p2pdma import Check, MapType, P2PTrace, trace_map_type
-from phyrlab.pci.topology import PCI_ACS_CR, PCI_ACS_REDIR, PCI_ACS_RR, Cpu, PciDev, Topology
+from phyrlab.pci.p2pdma import (
+    PCI_P2PDMA_WHITELIST,
+    Check,
+    MapType,
+    P2PTrace,
+    cpu_supports_p2pdma,
+    trace_map_type,
+)
+from phyrlab.pci.topology import (
+    PCI_ACS_CR,
+    PCI_ACS_REDIR,
+    PCI_ACS_RR,
+    Cpu,
+    PciDev,
+    Topology,
+    load,
+)
 
 
 @dataclass(frozen=True)
@@ -185,3 +204,271 @@ def toggle_acs_redirect(topo: Topology, bridges: Iterable[str], on: bool = True)
 def without_whitelist(topo: Topology) -> Topology:
     """A copy whose host-bridge whitelist is switched off (the CPU rule still applies)."""
     return with_changes(topo, whitelist=False)
+
+
+# ---------------------------------------------------------------- notebook 05 / 07 helpers
+TOPOLOGY_DIR = Path(__file__).resolve().parents[2] / "data" / "topologies"
+#: the ACS settings the notebooks offer: as the file says, redirect forced on, forced off
+ACS_SETTINGS = ("as booted", "on", "off")
+_ORDER = (MapType.BUS_ADDR, MapType.THRU_HOST_BRIDGE, MapType.NOT_SUPPORTED)
+
+
+def topology_names() -> list[str]:
+    """Stems of the topology files in ``data/topologies`` (sorted)."""
+    return sorted(p.stem for p in TOPOLOGY_DIR.glob("*.yaml"))
+
+
+@lru_cache(maxsize=32)
+def load_named(name: str) -> Topology:
+    """``data/topologies/<name>.yaml`` (cached: do not mutate; use :func:`with_changes`)."""
+    if name not in topology_names():
+        raise ValueError(f"no topology {name!r} in {TOPOLOGY_DIR} "
+                         f"(known: {', '.join(topology_names())})")
+    return load(TOPOLOGY_DIR / f"{name}.yaml")
+
+
+def acs_redirect_capable(topo: Topology) -> list[str]:
+    """Functions whose ACS capability has Request or Completion Redirect (BDF order)."""
+    return sorted(b for b, d in topo.devices.items()
+                  if d.acs is not None and d.acs.cap & (PCI_ACS_RR | PCI_ACS_CR))
+
+
+def variant(topo: Topology, acs: str = "as booted", whitelist: bool = True) -> Topology:
+    """``topo`` with ACS redirect as booted / on / off on every capable function (what
+    ``pci_enable_acs()`` with an IOMMU, or ``pci=disable_acs_redir=`` for all, would give) and
+    the host-bridge whitelist on or off."""
+    if acs not in ACS_SETTINGS:
+        raise ValueError(f"acs setting {acs!r}: expected one of {ACS_SETTINGS}")
+    redirect = None if acs == "as booted" else \
+        {b: acs == "on" for b in acs_redirect_capable(topo)}
+    if redirect is None and whitelist == topo.whitelist_enabled:
+        return topo
+    return with_changes(topo, acs_redirect=redirect, whitelist=whitelist)
+
+
+@lru_cache(maxsize=256)
+def named_variant(name: str, acs: str = "as booted", whitelist: bool = True
+                  ) -> tuple[Topology, DecisionMatrix]:
+    """Cached (topology variant, its decision matrix) for the live panels."""
+    t = variant(load_named(name), acs, whitelist)
+    return t, decision_matrix(t)
+
+
+def short_bdf(bdf: str) -> str:
+    """``"0000:1a:00.0"`` -> ``"1a:00.0"`` (domain 0 dropped, as lspci prints it)."""
+    return bdf[5:] if bdf.startswith("0000:") else bdf
+
+
+def device_label(topo: Topology, bdf: str, width: int = 28) -> str:
+    """``"1a:00.0 Eideticom NoLoad NVMe"`` (name cut to ``width``), ``+p2pmem`` marked."""
+    d = topo.dev(bdf)
+    name = d.name if len(d.name) <= width else d.name[: width - 1] + "…"
+    return f"{short_bdf(d.bdf)} {name}".strip() + (" [p2pmem]" if d.has_p2pmem else "")
+
+
+def providers(topo: Topology) -> list[str]:
+    """Endpoints that registered P2P memory (``pdev->p2pdma`` set), BDF order."""
+    return [b for b in topo.endpoints() if topo.devices[b].has_p2pmem]
+
+
+def default_pair(topo: Topology) -> tuple[str, str]:
+    """A provider with P2P memory (else the first endpoint) and the next endpoint as client."""
+    eps = topo.endpoints()
+    if not eps:
+        raise ValueError(f"topology {topo.name!r} has no endpoints")
+    p = (providers(topo) or eps)[0]
+    others = [e for e in eps if e != p]
+    return p, (others[0] if others else p)
+
+
+def map_type_counts(m: DecisionMatrix, off_diagonal: bool = True) -> dict[str, int]:
+    """How many ordered pairs get each map type (a device with itself left out by default)."""
+    mt = m.map_type.astype(np.int64)
+    mask = ~np.eye(len(m.devices), dtype=bool) if off_diagonal else \
+        np.ones(mt.shape, dtype=bool)
+    return {t.name: int(((mt == int(t)) & mask).sum()) for t in _ORDER}
+
+
+def variant_rows(names: Iterable[str] | None = None,
+                 settings: Iterable[tuple[str, bool]] = (("as booted", True), ("on", True),
+                                                         ("off", True), ("as booted", False))
+                 ) -> list[dict]:
+    """Map-type counts over all ordered pairs of endpoints, per topology and setting."""
+    rows = []
+    for name in names or topology_names():
+        for acs, wl in settings:
+            _, m = named_variant(name, acs, wl)
+            rows.append({"topology": name, "acs_redirect": acs,
+                         "whitelist": "on" if wl else "off", "pairs": len(m.devices) ** 2
+                         - len(m.devices), **map_type_counts(m)})
+    return rows
+
+
+def decision_rows(topo: Topology, provider: str | PciDev | None = None) -> list[dict]:
+    """The decision for one provider (default: the first with P2P memory) and every other
+    endpoint: map type, ``pci_p2pdma_distance_many()`` result, where the paths meet and
+    which of the kernel's checks failed."""
+    p = topo.dev(provider).bdf if provider is not None else default_pair(topo)[0]
+    rows = []
+    for c in topo.endpoints():
+        if c == p:
+            continue
+        t = trace_map_type(topo, p, c)
+        failed = [ch.name.replace("pci_bridge_has_acs_redir", "acs_redir")
+                  for ch in t.checks if not ch.passed and ch.name != "decision"]
+        rows.append({"provider": short_bdf(p), "client": short_bdf(c),
+                     "client_name": topo.devices[c].name[:24], "map_type": t.map_type.name,
+                     "distance": -1 if t.map_type is MapType.NOT_SUPPORTED else t.distance,
+                     "meet": short_bdf(t.common) if t.common else "root complex",
+                     "failed_checks": ", ".join(failed) or "-"})
+    return rows
+
+
+def topology_rows(names: Iterable[str] | None = None) -> list[dict]:
+    """One line per topology file: CPU rule, host bridges, functions, providers, ACS."""
+    rows = []
+    for name in names or topology_names():
+        t = load_named(name)
+        rows.append(summary(t) | {"topology": name})
+    return [{"topology": r.pop("topology"), **r} for r in rows]
+
+
+def summary(topo: Topology) -> dict:
+    """Counts that describe a topology (stable for a fixed file)."""
+    kinds = [d.kind for d in topo.devices.values()]
+    hb_devs = [topo.host_bridge_dev(h) for h in topo.host_bridges]
+    listed = {(e.vendor, e.device) for e in PCI_P2PDMA_WHITELIST}
+    return {
+        "cpu_p2p": "yes" if cpu_supports_p2pdma(topo.cpu) else "no",
+        "host_bridges": len(topo.host_bridges),
+        "whitelisted_hb": sum(1 for d in hb_devs
+                              if d is not None and (d.vendor, d.device) in listed),
+        "functions": len(kinds),
+        "bridges": sum(1 for k in kinds if k.is_bridge),
+        "endpoints": len(topo.endpoints()),
+        "p2p_providers": len(providers(topo)),
+        "acs_capable": len(acs_redirect_capable(topo)),
+        "acs_redirecting": sum(1 for d in topo.devices.values()
+                               if d.acs is not None and d.acs.redirects),
+        "iommu_groups": len({d.iommu_group for d in topo.devices.values()
+                             if d.iommu_group is not None}),
+    }
+
+
+def tree_text(topo: Topology) -> str:
+    """The hierarchy as indented text (host bridge, then each function's children), in the
+    spirit of ``lspci -tv``: BDF, kind, vendor:device ids and name."""
+    lines = [f"{topo.name}  (CPU: {topo.cpu.vendor} family {topo.cpu.family:#x}"
+             f"{', ' + topo.cpu.name if topo.cpu.name else ''})"]
+    lay = tree_layout(topo)
+    kids: dict[str, list[str]] = {}
+    for parent, child in zip(lay.edges["parent"], lay.edges["child"], strict=True):
+        kids.setdefault(parent, []).append(child)
+
+    def walk(node: str, prefix: str, last: bool) -> None:
+        if node in topo.host_bridges:
+            hb = topo.host_bridges[node]
+            text = f"[{node}] host bridge" + (f", IOMMU {hb.iommu}" if hb.iommu else "")
+        else:
+            d = topo.devices[node]
+            extra = []
+            if d.acs is not None:
+                extra.append(f"ACS ctrl {d.acs.ctrl:#x}" + (" (redirect)" if d.acs.redirects
+                                                            else ""))
+            if d.iommu_group is not None:
+                extra.append(f"group {d.iommu_group}")
+            if d.has_p2pmem:
+                extra.append("p2pmem")
+            text = f"{d.bdf} {d.kind.value} [{d.ids}] {d.name}".rstrip() + \
+                (f"  ({'; '.join(extra)})" if extra else "")
+        lines.append(f"{prefix}{'`-' if last else '+-'}{text}")
+        ch = kids.get(node, [])
+        for i, c in enumerate(ch):
+            walk(c, prefix + ("  " if last else "| "), i == len(ch) - 1)
+
+    hbs = kids.get("machine", [])
+    for i, hb in enumerate(hbs):
+        walk(hb, "", i == len(hbs) - 1)
+    return "\n".join(lines)
+
+
+def tree_path(topo: Topology, report: PathReport) -> tuple[str, ...]:
+    """``report.nodes`` as nodes of :func:`tree_layout`: "root complex" becomes the host
+    bridge(s) (and the machine node between two host bridges)."""
+    out: list[str] = []
+    nodes = report.nodes
+    for k, node in enumerate(nodes):
+        if node != "root complex":
+            out.append(node)
+            continue
+        hb_a = topo.host_bridge_of(nodes[k - 1]).name
+        hb_b = topo.host_bridge_of(nodes[k + 1]).name
+        out += [hb_a] if hb_a == hb_b else [hb_a, "machine", hb_b]
+    return tuple(out)
+
+
+def graph_columns(topo: Topology, provider: str, client: str
+                  ) -> dict[str, dict[str, list]]:
+    """Columns for the topology graph (depth across, one row per leaf) with the P2P path of
+    ``provider`` -> ``client`` highlighted: ``nodes``, ``edges``, ``path`` and ``checks``."""
+    lay = tree_layout(topo)
+    rep = p2p_path(topo, provider, client)
+    tpath = tree_path(topo, rep)
+    pos = {i: (-y, -x) for i, x, y in zip(lay.nodes["id"], lay.nodes["x"], lay.nodes["y"],
+                                          strict=True)}
+    kids = set(lay.edges["parent"])
+    colour = MAP_TYPE_COLOURS[rep.map_type.name]
+    role = {rep.trace.provider: "provider", rep.trace.client: "client"}
+    nodes: dict[str, list] = {k: [] for k in ("id", "x", "y", "label", "name", "kind", "role",
+                                               "color", "size", "leaf")}
+    for i, label, kind in zip(lay.nodes["id"], lay.nodes["label"], lay.nodes["kind"],
+                              strict=True):
+        leaf = i not in kids
+        if i in topo.devices:
+            text = device_label(topo, i) if leaf else short_bdf(i)
+        else:
+            text = "root complex" if i == "machine" else f"[{i}]"
+        r = role.get(i, "on path" if i in tpath else "")
+        x, y = pos[i]
+        for k, v in (("id", i), ("x", x), ("y", y), ("label", text), ("name", label),
+                     ("kind", kind), ("role", r), ("leaf", leaf),
+                     ("color", colour if r else "#bbbbbb"), ("size", 18 if r in role.values()
+                                                             else 12)):
+            nodes[k].append(v)
+    edges = {"x0": [pos[p][0] for p in lay.edges["parent"]],
+             "y0": [pos[p][1] for p in lay.edges["parent"]],
+             "x1": [pos[c][0] for c in lay.edges["child"]],
+             "y1": [pos[c][1] for c in lay.edges["child"]]}
+    pairs = list(zip(tpath, tpath[1:], strict=False))
+    path = {"x0": [pos[a][0] for a, _ in pairs], "y0": [pos[a][1] for a, _ in pairs],
+            "x1": [pos[b][0] for _, b in pairs], "y1": [pos[b][1] for _, b in pairs],
+            "color": [colour] * len(pairs)}
+    checks = {"check": [c.name for c in rep.checks],
+              "result": ["passed" if c.passed else "FAILED" for c in rep.checks],
+              "detail": [c.detail for c in rep.checks]}
+    return {"nodes": nodes, "edges": edges, "path": path, "checks": checks}
+
+
+def path_summary(topo: Topology, provider: str, client: str) -> str:
+    """One line: the route, the map type and ``pci_p2pdma_distance_many()``'s answer."""
+    rep = p2p_path(topo, provider, client)
+    route = " → ".join(short_bdf(n) for n in rep.nodes)
+    dist = -1 if rep.map_type is MapType.NOT_SUPPORTED else rep.distance
+    return f"{route}: {rep.map_type.name}, distance {dist}"
+
+
+#: one colour per map type, the same in every figure
+MAP_TYPE_COLOURS = {"BUS_ADDR": "#2ca02c", "THRU_HOST_BRIDGE": "#ff7f0e",
+                    "NOT_SUPPORTED": "#d62728", "UNKNOWN": "#7f7f7f", "NONE": "#1f77b4"}
+
+
+def heatmap_columns(topo: Topology, m: DecisionMatrix) -> dict[str, list]:
+    """:meth:`DecisionMatrix.columns` with short labels, colours and a cell text (distance)."""
+    cols = m.columns()
+    cols["provider_label"] = [short_bdf(b) for b in cols["provider"]]
+    cols["client_label"] = [short_bdf(b) for b in cols["client"]]
+    cols["color"] = [MAP_TYPE_COLOURS[t] for t in cols["map_type"]]
+    cols["text"] = ["–" if d < 0 else str(d) for d in cols["distance"]]
+    cols["provider_name"] = [topo.devices[b].name for b in cols["provider"]]
+    cols["client_name"] = [topo.devices[b].name for b in cols["client"]]
+    return cols
