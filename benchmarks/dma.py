@@ -16,6 +16,10 @@ The device is an RDMA NIC as mlx5_core sets it up: 64-bit mask and ``max_seg_siz
 (``dma_set_max_seg_size``); one extra row keeps the 64 KiB default, where
 ``__finalise_sg`` must cut the IOVA-contiguous list into 64 KiB DMA segments.
 
+Each row runs twice on fresh devices; "map s" is the first run, "again" the second (the first
+large IOMMU mapping in a process pays several seconds more, growing page-table arrays for the
+first time). Goals are judged on the first run.
+
 Goals (issue 4): 64 GiB through dma-direct in under 2 s and through dma-iommu in under 15 s.
 ``--quick`` runs only the 1 GiB size.
 """
@@ -141,8 +145,8 @@ def main() -> int:
         scale = "" if k == n else f" (measured on {k:,} entries, scaled x{n / k:g})"
         print(f"   per-entry pure-Python baseline: direct {base['direct']:.2f} s, "
               f"table {base['table']:.2f} s{scale}")
-        print(f"   {'family':20} {'ops':22} {'map s':>8} {'unmap s':>8} {'GiB/s':>8} "
-              f"{'DMA segs':>10} {'x baseline':>10}")
+        print(f"   {'family':20} {'ops':22} {'map s':>8} {'unmap s':>8} {'again':>7} "
+              f"{'GiB/s':>7} {'DMA segs':>10} {'x baseline':>10}")
         for label, ops, kind, fields in ROWS:
             if ops is not None and ops not in OPS:
                 continue
@@ -152,9 +156,11 @@ def main() -> int:
                 print(f"   {label:20} {name:22} {r}")
                 continue
             tm, tu, segs = r
+            r2 = measure(ops, fields, layout)
+            again = sum(r2[:2]) if not isinstance(r2, str) else float("nan")
             total = tm + tu
-            print(f"   {label:20} {name:22} {tm:8.2f} {tu:8.3f} {size / SZ_1G / total:8.1f} "
-                  f"{segs:10,} {base[kind] / total:10.1f}")
+            print(f"   {label:20} {name:22} {tm:8.2f} {tu:8.3f} {again:7.2f} "
+                  f"{size / SZ_1G / total:7.1f} {segs:10,} {base[kind] / total:10.1f}")
             goal = GOALS.get((label, size))
             if goal is not None:
                 ok = total < goal
