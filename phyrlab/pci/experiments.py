@@ -18,6 +18,7 @@ from phyrlab.pci.p2pdma import (
     Check,
     MapType,
     P2PTrace,
+    classify_ranges,
     cpu_supports_p2pdma,
     trace_map_type,
 )
@@ -472,3 +473,23 @@ def heatmap_columns(topo: Topology, m: DecisionMatrix) -> dict[str, list]:
     cols["provider_name"] = [topo.devices[b].name for b in cols["provider"]]
     cols["client_name"] = [topo.devices[b].name for b in cols["client"]]
     return cols
+
+
+def classify_rows(topos: Mapping[str, Topology], client: str,
+                  addr: Iterable[int], length: Iterable[int]) -> list[dict]:
+    """Per range of one list: the P2P provider whose BAR holds it and how ``client`` would
+    map it (``classify_ranges()``, i.e. ``pci_p2pdma_map_type()`` per provider) under each
+    labelled topology variant (e.g. ``{"as booted": t, "ACS on": variant(t, "on")}``)."""
+    a = np.asarray(list(addr), dtype=np.uint64)
+    n = np.asarray(list(length), dtype=np.uint64)
+    answers = {label: classify_ranges(t, client, a, n) for label, t in topos.items()}
+    rows = []
+    for i in range(a.size):
+        first = next(iter(answers.values()))
+        p = int(first.provider[i])
+        row = {"range": i, "addr": f"{int(a[i]):#x}", "length": int(n[i]),
+               "memory": "host" if p < 0 else f"BAR of {short_bdf(first.providers[p])}"}
+        for label, rc in answers.items():
+            row[label] = MapType(int(rc.map_type[i])).name
+        rows.append(row)
+    return rows

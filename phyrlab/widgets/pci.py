@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from html import escape
 
 import ipywidgets as ipw
 import numpy as np
 from bokeh.layouts import column
+from bokeh.models import Div
 
 from .. import plots, storage
-from ..memory import PagemapError, fragmented_pfns, pagemap_pfns, run_lengths
+from ..inspect import real_buffer
+from ..memory import fragmented_pfns, run_lengths
 from ..pci import experiments as ex
 from ..pci.topology import Topology
 from ..plots import pci as pci_plots
@@ -113,22 +116,21 @@ PROBE_SIZES = [1 << e for e in range(20, 29)]  # 1 MiB .. 256 MiB
 
 @lru_cache(maxsize=16)
 def probe_buffer(size: int) -> tuple[Buffer, str]:
-    """A real buffer of ``size`` bytes and its PFNs from ``/proc/self/pagemap``.
+    """A real buffer of ``size`` bytes and its PFNs from ``/proc/self/pagemap``
+    (:func:`phyrlab.inspect.real_buffer`), cached with its array so the pages stay put.
 
     When the kernel hides PFNs (not root) or pagemap is missing, the buffer is the seeded
-    geometric model (mean run 4 pages) instead, and the note says so. The numpy array is kept
-    alive in the cache so its pages stay where they were read.
+    geometric model (mean run 4 pages) instead, and the note says so.
     """
-    arr = np.ones(size, dtype=np.uint8)
-    try:
-        pfns, off = pagemap_pfns(arr)
-        _KEEP[size] = arr
-        return Buffer("this-machine", pfns, off, size), \
-            f"real buffer of {human_bytes(size)}: physical pages read from /proc/self/pagemap"
-    except PagemapError as e:
+    got = real_buffer(size)
+    if isinstance(got, str):
         pfns = fragmented_pfns(size // PAGE_SIZE, 4.0, seed=0)
         return Buffer("model", pfns, 0, size), \
-            f"{e}; showing the seeded geometric model (mean run 4 pages) instead"
+            f"{got}; showing the seeded geometric model (mean run 4 pages) instead"
+    buf, arr = got
+    _KEEP[size] = arr
+    return buf, f"real buffer of {human_bytes(size)}: physical pages read from " \
+        "/proc/self/pagemap"
 
 
 _KEEP: dict[int, np.ndarray] = {}
@@ -172,11 +174,17 @@ def contiguity_panel(size: int = 1 << 24) -> LivePanel:
                      {"storage": source, "runs": runs_src}, contiguity_compute, after)
 
 
-def machine_graph(topo: Topology):
-    """The static tree of a (this machine's) topology, sized to its leaf count."""
-    eps = topo.endpoints()
-    if not eps:
-        raise ValueError(f"topology {topo.name!r} has no endpoints to draw")
+def _note(text: str) -> Div:
+    return Div(text=f"<p style='font-size: 15px'><i>{escape(text)}</i></p>", width=plots.WIDTH)
+
+
+def machine_graph(topo: Topology | str):
+    """The static tree of a (this machine's) topology, sized to its leaf count; a note
+    instead when ``topo`` is the reason sysfs gave none, or it has no endpoint."""
+    if isinstance(topo, str):
+        return _note(topo)
+    if not topo.endpoints():
+        return _note(f"{topo.name}: no PCI endpoints to draw")
     p, c = ex.default_pair(topo)
     cols = ex.graph_columns(topo, p, c)
     leaves = sum(cols["nodes"]["leaf"])
@@ -186,8 +194,12 @@ def machine_graph(topo: Topology):
     return fig
 
 
-def machine_heatmap(topo: Topology):
-    """The static map-type matrix of a topology."""
+def machine_heatmap(topo: Topology | str):
+    """The static map-type matrix of a topology (a note when there is nothing to judge)."""
+    if isinstance(topo, str):
+        return _note(topo)
+    if not topo.endpoints():
+        return _note(f"{topo.name}: no PCI endpoints, so no pair to judge")
     m = ex.decision_matrix(topo)
     fig, _ = pci_plots.map_type_heatmap(ex.heatmap_columns(topo, m),
                                         title=f"{topo.name}: map type for every pair")
