@@ -397,3 +397,10 @@ def churn_rows(intervals_ns=CHURN_INTERVALS_NS, max_live: int = 128, n_ops: int 
                 "rcache_end": int(r["cached"][-1]),
             })
     return rows
+
+
+def sweep_rows(series: dict[str, list], scale: float = 1.0, digits: int = 3) -> list[dict]:
+    """One :func:`contiguity_sweep` metric as table rows (one per backing), values / ``scale``."""
+    keys = [k for k in series if k != "backing"]
+    return [{"backing": b, **{k: round(series[k][i] / scale, digits) for k in keys}}
+            for i, b in enumerate(series["backing"])]
