@@ -29,7 +29,9 @@ granule (as a ``min_align_mask`` covering the granule would), so the link stays 
 :func:`dma_map_iova` / :func:`dma_unmap_iova` drive the API the way block/blk-mq-dma.c's
 ``blk_rq_dma_map_iter_start`` does: IOVA when the ranges join on the merge boundary and the
 device uses dma-iommu, else ``dma_map_phys`` range by range (dma-direct, swiotlb, or any
-other ops).
+other ops). P2P follows ``pci_p2pdma_state()`` as the block layer asks it: a request of a peer's
+memory reachable below a common switch gets bus addresses (``blk_dma_map_bus``), one through the
+host bridge is mapped like host memory, and an unreachable one fails with -EREMOTEIO.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phyrlab.dma.mapping import DmaList, _as_ranges, _counters, _diff, dma_map_phys
+from phyrlab.dma.mapping import DmaList, _as_ranges, _counters, _diff, _p2p_bus, dma_map_phys
 from phyrlab.dma.ops import DmaStats, check_direction, dma_limit
 from phyrlab.errors import DmaMappingError
 
@@ -290,6 +292,9 @@ def dma_map_iova(dev, ranges, direction: str = "bidirectional") -> DmaList:
     check_direction(direction)
     addr, length = _as_ranges(ranges)
     before = _counters(dev)
+    bus = _p2p_bus(dev, addr, length)  # -EREMOTEIO for PCI_P2PDMA_MAP_NOT_SUPPORTED
+    if bus is not None:
+        return _map_bus(dev, addr, length, bus, direction, before)
     ops = _iommu(dev)
     state = DmaIovaState()
     total = int(length.sum(dtype=U64))
@@ -328,11 +333,35 @@ def dma_map_iova(dev, ranges, direction: str = "bidirectional") -> DmaList:
                    device=dev, cookie=None)
 
 
+def _map_bus(dev, addr, length, bus, direction, before) -> DmaList:
+    """``blk_dma_map_bus``: a request of a peer's P2P memory (``PCI_P2PDMA_MAP_BUS_ADDR``)
+    gets its PCI bus addresses, with no IOVA and no page-table write.
+
+    The block layer never builds a request that mixes P2P and host pages (``bio_add_page``
+    stops at ``zone_device_pages_have_same_pgmap``), so such a list is refused (-EINVAL).
+    """
+    is_bus = bus != 0
+    if not is_bus.all():
+        i = int(np.flatnonzero(~is_bus)[0])
+        raise DmaMappingError(
+            "EINVAL", f"range {i} at {int(addr[i]):#x} is host memory in a request of P2P "
+                      "bus-address ranges; a block request never mixes pgmaps")
+    stats = _diff(dev, before)
+    stats["entries_walked"] = int(addr.size)
+    return DmaList(dma_addr=bus.copy(), length=length.copy(), direction=direction,
+                   bounced=np.zeros(addr.size, dtype=bool),
+                   bus_addr=np.ones(addr.size, dtype=bool), stats=stats, per_range=True,
+                   device=dev, cookie=None)
+
+
 def dma_unmap_iova(dev, dma_list: DmaList) -> DmaStats:
     """Undo :func:`dma_map_iova`: ``dma_iova_destroy`` or ``dma_unmap_phys`` per range."""
     from phyrlab.dma.mapping import _check_live, dma_unmap
 
     _check_live(dev, dma_list, None, "dma_unmap_iova")
+    if dma_list.bus_addr.all():  # bus addresses hold nothing (blk_rq_dma_unmap skips them)
+        dma_list.mapped = False
+        return DmaStats()
     state = dma_list.cookie
     if not isinstance(state, DmaIovaState):
         return dma_unmap(dev, dma_list)
