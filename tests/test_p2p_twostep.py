@@ -4,10 +4,13 @@ bus addresses with no IOVA below a common switch, host-bridge P2P linked like ho
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import phyrlab as pl
 from phyrlab.dma import Device
@@ -24,6 +27,11 @@ I210 = "0000:01:00.0"          # below the PCH: reaches the CMB through the host
 
 def rs(*pairs):
     return (np.array([a for a, _ in pairs], dtype=U64), np.array([n for _, n in pairs], dtype=U64))
+
+
+@functools.cache
+def _switch():
+    return pl.pci.load(TOPOS / "switch-nvme-gpu-nic.yaml")
 
 
 def idle(dev) -> bool:
@@ -80,4 +88,26 @@ def test_one_step_and_two_step_agree_on_bus_addresses():
     assert one.dma_addr.tolist() == two.dma_addr.tolist() and one.bus_addr.all()
     pl.dma.dma_unmap(dev, one)
     dma_unmap_iova(dev, two)
+    assert idle(dev)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 63), st.integers(1, 4)), min_size=1,
+                max_size=12, unique_by=lambda t: (t[0], t[1])))
+def test_property_bus_addr_ranges_never_touch_the_iommu(picks):
+    """Random lists of host pages and CMB pages: no page-table entry ever points into the BAR,
+    each peer range gets exactly its bus address, and unmap leaves nothing."""
+    topo = _switch()
+    dev = Device("iommu_dma_ops", dma_mask=DMA_BIT_MASK(64), pci=(topo, GPU))
+    off = pl.pci.p2pdma_bus_offset(topo, "0000:1a:00.0")
+    base = {True: CMB, False: 0x1_0000_0000}
+    # slots 8 pages apart, so ranges never overlap and never merge
+    lst = rs(*[(base[peer] + slot * 8 * 4096, pages * 4096) for peer, slot, pages in picks])
+    m = pl.dma.dma_map(dev, lst, "to_device")
+    _iova, paddr, size = dev.ops.domain.pt.leaves()
+    bar_end = CMB + (256 << 20)  # BAR 4 is 256 MiB
+    assert not np.any((paddr + size > CMB) & (paddr < bar_end))
+    peers = [a + off for (peer, _s, _p), a in zip(picks, lst[0].tolist(), strict=True) if peer]
+    assert sorted(m.dma_addr[m.bus_addr].tolist()) == sorted(peers)
+    pl.dma.dma_unmap(dev, m)
     assert idle(dev)
