@@ -341,7 +341,7 @@ OPS: dict[str, OpsEntry] = {
              "sun4m table, per entry; flushes the whole IOTLB", flush="global"),
         _row("sbus_iommu_dma_pflush_ops", "arch/sparc/mm/iommu.c", "single_level", SZ_4K, False,
              "sun4m table, per entry; flushes per page", flush="page"),
-        _row("gart_dma_ops", "arch/x86/kernel/amd_gart_64.c", "single_level", SZ_4K, True,
+        _row("gart_dma_ops", "arch/x86/kernel/amd_gart_64.c", "single_level", SZ_4K, False,
              "GATT aperture; maps only what the device cannot reach unless forced; "
              "flush on allocator wrap", window=SZ_64M, bypass=True),
         _row("iommu_dma_ops", "drivers/iommu/dma-iommu.c", "iommu_dma", SZ_4K, True,
