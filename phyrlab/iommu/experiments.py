@@ -318,7 +318,7 @@ def leaf_mix_columns(workload: str, size: int | None, fmt: str, seed: int = 0
     return {"leaf": [human_bytes(s) for s in sizes], "count": counts,
             "share": [round(100.0 * n * s / mapped, 2) for n, s in zip(counts, sizes,
                                                                     strict=True)],
-            "count_label": [f"{n:,}" for n in counts]}
+            "count_label": [f"{n:,} leaves" for n in counts]}
 
 
 #: Physical backings of the contiguity sweep: (label, mean run in pages, huge page size).

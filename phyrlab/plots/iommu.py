@@ -13,6 +13,8 @@ from . import HEIGHT, WIDTH, fit_x, palette, style
 
 #: Height of each of the stacked figures of a panel (three fit a projector page with scrolling).
 PANEL_HEIGHT = 300
+#: The churn figures carry their legend above the plot, so they are taller.
+CHURN_HEIGHT = 350
 
 
 def with_colors(data: dict, selected: str | None = None, key: str = "format") -> dict:
@@ -72,24 +74,33 @@ def churn_charts(frag: dict, flush: dict) -> tuple[list[figure], dict[str, Colum
     ``lazy`` (cumulative invalidations).
     """
     fsrc = ColumnDataSource(frag)
-    f1 = figure(width=WIDTH, height=PANEL_HEIGHT, tools="save,hover", name="iommu_frag",
+    f1 = figure(width=WIDTH, height=CHURN_HEIGHT, tools="save,hover", name="iommu_frag",
                 title="IOVA space below 4 GiB during the churn")
     for key, label, color in (("holes", "free holes", "#d62728"),
                               ("live", "live mappings", "#1f77b4"),
                               ("cached", "ranges parked in the range caches", "#2ca02c")):
         f1.line("time_us", key, source=fsrc, legend_label=label, color=color, line_width=3)
-    f1.legend.location = "top_left"
+    _legend_above(f1)
     style(f1, "model time (µs)", "count")
     ssrc = ColumnDataSource(flush)
-    f2 = figure(width=WIDTH, height=PANEL_HEIGHT, tools="save,hover", name="iommu_flush",
+    f2 = figure(width=WIDTH, height=CHURN_HEIGHT, tools="save,hover", name="iommu_flush",
                 title="IOTLB invalidations so far")
     f2.line("time_us", "strict", source=ssrc, legend_label="strict: range invalidations",
             color="#9467bd", line_width=3)
     f2.line("time_us", "lazy", source=ssrc, legend_label="lazy: whole-IOTLB flushes",
             color="#ff7f0e", line_width=3)
-    f2.legend.location = "top_left"
+    _legend_above(f2)
     style(f2, "model time (µs)", "invalidations issued")
     return [f1, f2], {"frag": fsrc, "flush": ssrc}
+
+
+def _legend_above(fig) -> None:
+    """Legend in one row above the plot (the lines fill the plot area); plain time ticks."""
+    legend = fig.legend[0]
+    legend.orientation = "horizontal"
+    legend.location = "top_left"
+    fig.add_layout(legend, "above")
+    fig.xaxis.formatter = NumeralTickFormatter(format="0,0")
 
 
 def contiguity_chart(sweep: dict, *, title: str, y_label: str, name: str = "contiguity",
