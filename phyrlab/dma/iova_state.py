@@ -40,7 +40,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phyrlab.dma.mapping import DmaList, _as_ranges, _counters, _diff, _p2p_bus, dma_map_phys
+from phyrlab.dma.mapping import (
+    DmaList,
+    _as_ranges,
+    _counters,
+    _diff,
+    _p2p_bus,
+    dma_map_phys,
+    split_for_device,
+)
 from phyrlab.dma.ops import DmaStats, check_direction, dma_limit
 from phyrlab.errors import DmaMappingError
 
@@ -287,7 +295,8 @@ def dma_map_iova(dev, ranges, direction: str = "bidirectional") -> DmaList:
 
     The IOVA result is one DMA entry (``iter->addr = state->addr``, ``iter->len =
     dma_iova_size(state)``); the fallback (dma-direct, other ops, ranges that do not join on
-    the merge boundary, no IOVA space) maps each range with ``dma_map_phys``.
+    the merge boundary, no IOVA space) maps each device segment (``max_seg_size``, boundary)
+    with ``dma_map_phys``.
     """
     check_direction(direction)
     addr, length = _as_ranges(ranges)
@@ -316,6 +325,9 @@ def dma_map_iova(dev, ranges, direction: str = "bidirectional") -> DmaList:
                        length=np.array([total], dtype=U64), direction=direction,
                        bounced=bounced, bus_addr=np.zeros(1, dtype=bool), stats=stats,
                        device=dev, cookie=state)
+    # blk_map_iter_next clips each phys_vec to get_max_segment_size (max_segment_size and
+    # the segment boundary) before blk_dma_map_direct maps it
+    addr, length = split_for_device(addr, length, dev.max_seg_size, dev.seg_boundary_mask)
     out = np.empty(addr.size, dtype=U64)
     for i in range(addr.size):
         try:
