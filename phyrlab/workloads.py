@@ -68,13 +68,14 @@ def load(path: str | Path) -> Workload:
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise InputFileError(f"{path}: cannot read workload: {e}") from None
     if not isinstance(doc, dict):
         raise InputFileError(f"{path}: a workload file is a mapping, got {type(doc).__name__}")
     unknown = set(doc) - _KEYS
     if unknown:
-        raise InputFileError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(_KEYS)}")
+        raise InputFileError(f"{path}: unknown key(s) {sorted(map(str, unknown))}; known: "
+                             f"{sorted(_KEYS)}")
     for key in ("name", "title", "source", "size", "contiguity"):
         if key not in doc:
             raise InputFileError(f"{path}: missing key {key!r}")
@@ -82,7 +83,7 @@ def load(path: str | Path) -> Workload:
     if not isinstance(cont, dict) or cont.get("model") not in MODELS:
         raise InputFileError(f"{path}: contiguity.model must be one of {MODELS}, got {cont!r}")
     if set(cont) - _CONTIGUITY_KEYS:
-        bad = sorted(set(cont) - _CONTIGUITY_KEYS)
+        bad = sorted(map(str, set(cont) - _CONTIGUITY_KEYS))
         raise InputFileError(f"{path}: unknown contiguity key(s) {bad}")
     try:
         w = Workload(
