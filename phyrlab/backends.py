@@ -281,7 +281,7 @@ def table_rows(results: tuple[BackendResult, ...]) -> list[dict]:
 def refusal_rows(results: tuple[BackendResult, ...]) -> list[dict]:
     """The rows that refused, with their errno and the model's reason."""
     return [{"ops": r.ops, "errno": f"-{r.errno}",
-             "dma_set_mask": "ok" if r.mask_ok else "-EIO",
+             "dma_set_mask": "ok" if r.mask_ok else "-EIO", "held_after": r.held_after,
              "reason": _reason(r.error, r.ops)} for r in results if not r.ok]
 
 
@@ -325,13 +325,13 @@ def compare_rows(a: tuple[BackendResult, ...], b: tuple[BackendResult, ...],
 def _summary(r: BackendResult) -> str:
     if not r.ok:
         return f"-{r.errno}"
-    parts = [f"{r.dma_segments:,} segs"]
+    parts = [f"{r.dma_segments:,} seg" + ("s" if r.dma_segments != 1 else "")]
     if r.bounce_bytes:
         parts.append(f"{human_bytes(r.bounce_bytes)} bounced")
     if r.pte_writes:
         parts.append(f"{r.pte_writes:,} PTEs")
     if r.iotlb_flushes:
-        parts.append(f"{r.iotlb_flushes:,} flushes")
+        parts.append(f"{r.iotlb_flushes:,} flush" + ("es" if r.iotlb_flushes != 1 else ""))
     return ", ".join(parts)
 
 
@@ -401,6 +401,7 @@ def per_range_rows(workload: str = "nvme-128k-seq", size: int | None = None,
     ``map_sg``) for comparison."""
     buf = buffer(workload, size, placement, seed)
     x = buf.layout("phyr")
+    ref = _dma_key("ps3_sb_dma_ops", x, limits)
     out = []
     for name in ("ps3_sb_dma_ops", *NO_MAP_SG):
         r = map_through(name, x, limits)
@@ -408,6 +409,8 @@ def per_range_rows(workload: str = "nvme-128k-seq", size: int | None = None,
                     "dma_map": r.status, "via": "map_phys per range" if r.per_range else "map_sg",
                     "calls": (r.cpu_ranges if r.per_range else 1) if r.ok else "-",
                     "segs_in": r.cpu_ranges, "segs_out": r.dma_segments,
+                    "same_as_ps3_sb": "yes" if _dma_key(name, x, limits)[1:3] == ref[1:3]
+                    else "no",
                     "bounced": human_bytes(r.bounce_bytes) if r.bounce_bytes else "0",
                     "us": round(r.total_ns / 1e3, 1)})
     return out
