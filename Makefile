@@ -45,6 +45,9 @@ voila: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/phyrlab bench
 
+reliability: $(STAMP)
+	$(PY) -m phyrlab.reliability
+
 browser: $(STAMP)
 	$(PY) -m pytest tests/browser -q -m browser
 
