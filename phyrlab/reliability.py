@@ -75,6 +75,14 @@ KERNEL_WAIVERS: dict[tuple[str, str], str] = {
 }
 
 
+#: Model bugs found by this campaign, reported and pinned by strict xfail tests in
+#: tests/test_faults.py: name -> text that identifies the failure. The runner counts them
+#: apart from new failures.
+KNOWN_BUGS: dict[str, str] = {
+    "swiotlb alignment check (phyrlab/dma/swiotlb.py)": "used 0 (slots)",
+}
+
+
 class InvariantError(AssertionError):
     """An invariant did not hold; the message names the case and what broke."""
 
@@ -383,6 +391,7 @@ class Outcome:
     one_step: str
     two_step: str
     checks: int = 0
+    one_step_error: str = ""
     waived: Counter = field(default_factory=Counter)
 
 
@@ -416,7 +425,7 @@ def _check_case(case: Case, debug: bool, two_step: bool) -> Outcome:
     except DmaMappingError as exc:
         if exc.errno not in MAP_ERRNOS:
             raise InvariantError(f"map failed with {exc.errno}, not a DMA API errno") from None
-        out.one_step = exc.errno
+        out.one_step, out.one_step_error = exc.errno, str(exc)
         _expect_same(before, dev, f"failed map ({exc})")
         dl = None
     if dl is not None:
@@ -466,8 +475,8 @@ def _check_two_step(case: Case, x: Any, addr, length, out: Outcome) -> str:
         return exc.errno
     iova = type(dl.cookie).__name__ == "DmaIovaState"
     if out.one_step != "ok" and iova:
-        raise InvariantError(f"dma_map failed ({out.one_step}) but dma_map_iova linked one "
-                             "IOVA range")
+        raise InvariantError(f"dma_map failed ({out.one_step_error}) but dma_map_iova linked "
+                             "one IOVA range")
     if iova:          # one range for the request: only the DMA limit applies to it
         if int(dl.dma_addr[0]) + int(dl.length[0]) - 1 > dma_limit(dev):
             raise InvariantError("the two-step IOVA range is beyond the DMA limit")
@@ -823,9 +832,15 @@ class Tally:
     hostile_inputs: int = 0
     hostile_outcomes: Counter = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    known: Counter = field(default_factory=Counter)
+    waived: Counter = field(default_factory=Counter)
 
 
 def _fail(t: Tally, what: str, exc: BaseException) -> None:
+    for name, sign in KNOWN_BUGS.items():
+        if sign in str(exc):
+            t.known[name] += 1
+            return
     t.failures.append(f"{what}: {type(exc).__name__}: {exc}"[:600])
 
 
@@ -841,6 +856,7 @@ def run_invariants(t: Tally, n: int, seed: int, debug_every: int = 3) -> None:
             try:
                 o = check_case(case, debug=debug)
                 t.checks += o.checks
+                t.waived.update(o.waived)
                 t.outcomes[(b, o.one_step)] += 1
             except Exception as exc:  # noqa: BLE001 - every failure is counted and printed
                 _fail(t, "invariant", exc)
@@ -894,6 +910,9 @@ def main(argv: list[str] | None = None) -> int:
     ok = sum(v for (b, o), v in t.outcomes.items() if o == "ok")
     errs = Counter(o for (b, o), v in t.outcomes.items() for _ in range(v) if o != "ok")
     print(f"    mapped: {ok}; refused with errno (nothing held after): {dict(errs)}")
+    for (b, rule), v in sorted(t.waived.items()):
+        print(f"    kernel-faithful {rule} violations, {b}: {v} segments "
+              f"({KERNEL_WAIVERS[(b, rule)]})")
     print(f"  faults injected: {t.faults_injected} over {', '.join(DMA_FAULT_POINTS)} "
           f"(every N, once and from N on, one-step and two-step), {t2 - t1:.1f} s")
     by_point = Counter()
@@ -905,6 +924,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  hostile inputs tried: {t.hostile_inputs}, {t3 - t2:.1f} s")
     for k, v in sorted(t.hostile_outcomes.items()):
         print(f"    {k:34s} {v}")
+    for name, v in t.known.items():
+        print(f"  known model bug (reported, strict xfail): {name}: {v} cases")
     print(f"  failures found: {len(t.failures)}")
     for f in t.failures[:20]:
         print(f"    {f}")
