@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .dma import Device, dma_map, dma_unmap
+from .dma import Device, dma_map, dma_map_sgtable
 from .errors import DmaMappingError
 from .layouts import LAYOUTS, SCATTERLIST_MAX_SEGMENT, SgTable, sg_alloc_table_from_pages
 from .layouts.scatterlist import SCATTERLIST_DTYPE, SG_CHAIN
@@ -151,30 +151,12 @@ def measure_combined(buffer: Buffer, backend: str) -> dict[str, Any]:
     base = {"backend": backend, "list": "scatterlist", "cpu_entries": sgt.orig_nents,
             "bytes": b["bytes"], "cpu_bytes": b["cpu_bytes"]}
     try:
-        mapped = map_sgtable(dev, sgt)
+        mapped = dma_map_sgtable(dev, sgt)
     except DmaMappingError as exc:
         return {**_error_row(base, exc), "dma_bytes": b["dma_bytes"]}
     row = {**base, "dma_entries": sgt.nents, "dma_bytes": b["dma_bytes"], **sg_walk_lines(sgt),
            "bounce_bytes": int(mapped.stats.get("bounce_bytes", 0)), "error": ""}
     return row              # the device is private to this measurement: no unmap needed
-
-
-def map_sgtable(dev, sgt: SgTable):
-    """``dma_map_sgtable`` over the table's entries as they are, one range per entry.
-
-    ``phyrlab.dma.dma_map_sgtable`` passes ``sgt.ranges()``, which merges physically
-    contiguous neighbours, so entries that ``sg_alloc_table_from_pages`` cut at
-    ``max_segment`` reach the backend joined again (a 2 MiB range for a 256 KiB swiotlb
-    limit). ``dma_map_sg`` walks the entries unmerged; this does the same (unmerged
-    ``(addr, length)`` through ``dma_map(..., split=False)``), then ``sgt.set_dma``.
-    """
-    dl = dma_map(dev, sgt._entry_ranges(), split=False)
-    try:
-        sgt.set_dma(dl.dma_addr, dl.length)
-    except Exception:
-        dma_unmap(dev, dl)
-        raise
-    return dl
 
 
 def measure_split(buffer: Buffer, backend: str, cpu_layout: str = "phyr") -> dict[str, Any]:

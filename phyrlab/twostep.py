@@ -27,8 +27,16 @@ from typing import Any
 import numpy as np
 
 from . import cost
-from .cpu_dma_split import DMA_VEC_DTYPE, map_sgtable
-from .dma import Device, DmaIovaState, dma_iova_try_alloc, dma_map_iova, dma_unmap
+from .cpu_dma_split import DMA_VEC_DTYPE
+from .dma import (
+    Device,
+    DmaIovaState,
+    dma_iova_try_alloc,
+    dma_map_iova,
+    dma_map_sgtable,
+    dma_unmap,
+    dma_unmap_sgtable,
+)
 from .layouts import LAYOUTS, SCATTERLIST_MAX_SEGMENT, sg_alloc_table_from_pages
 from .units import DMA_BIT_MASK
 from .workloads import Buffer, build
@@ -71,9 +79,9 @@ def run_map_sg(buffer: Buffer, backend: str) -> dict[str, Any]:
     """The old way: build the scatterlist, ``dma_map_sgtable``, ``dma_unmap_sgtable``."""
     dev = make_device(backend)
     sgt = sg_alloc_table_from_pages(buffer.pfns, buffer.offset, buffer.size, dev.max_seg_size)
-    dl = map_sgtable(dev, sgt)
+    dl = dma_map_sgtable(dev, sgt)
     mapped, entries = dict(dl.stats), sgt.nents
-    unmapped = dict(dma_unmap(dev, dl))
+    unmapped = dict(dma_unmap_sgtable(dev, sgt))
     return {"method": "map_sg", "list": "scatterlist", "cpu_entries": sgt.orig_nents,
             "dma_entries": entries, "list_bytes": sgt.nbytes, "dma_side_bytes": 0,
             "iova": backend == "iommu", "map_calls": 1, "unmap_calls": 1,

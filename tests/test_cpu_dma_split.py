@@ -96,9 +96,11 @@ def test_map_sgtable_maps_entries_unmerged_and_sets_nents():
     pfns = np.array([0x100000, 0x100001, 0x100002, 0x100003])    # one 16 KiB run
     sgt = sg_alloc_table_from_pages(pfns, 0, 4 * 4096, 8192)   # cut into 2 x 8 KiB entries
     dev = pl.dma.Device(None, dma_mask=DMA_BIT_MASK(64))
-    dl = cs.map_sgtable(dev, sgt)
+    dl = pl.dma.dma_map_sgtable(dev, sgt)   # for_each_sg: entries as stored, not merged
     assert sgt.nents == 2 and list(dl.length) == [8192, 8192]
     assert list(sgt.dma_ranges()[0]) == [0x100000 << 12, (0x100000 << 12) + 8192]
+    pl.dma.dma_unmap_sgtable(dev, sgt)
+    assert sgt.mapping is None
 
 
 def test_bad_names_are_refused():

@@ -378,31 +378,32 @@ def dma_sync_for_device(dev, dma_list: DmaList, direction: str | None = None) ->
 
 
 # --------------------------------------------------------------------------- the old way
-_SGT_MAPS: dict[int, DmaList] = {}
 
 
 def dma_map_sgtable(dev, sgt: Any, direction: str = "bidirectional") -> DmaList:
     """``dma_map_sgtable``: map the table's entries and write the DMA fields into them.
 
-    Sets ``sgt.nents`` through ``sgt.set_dma``; returns the mapping (for its counters).
+    The entries go to the backend as stored (``sgt.sg_entries()``, as ``for_each_sg`` walks
+    them), not merged. Sets ``sgt.nents`` through ``sgt.set_dma``; the live mapping is kept in
+    ``sgt.mapping`` and returned (for its counters).
     """
-    if id(sgt) in _SGT_MAPS and _SGT_MAPS[id(sgt)].mapped:
+    if getattr(sgt, "mapping", None) is not None:
         raise ValueError("dma_map_sgtable: this table is already mapped")
-    dma_list = dma_map(dev, sgt, direction, split=False)
+    dma_list = dma_map(dev, sgt.sg_entries(), direction, split=False)
     try:
         sgt.set_dma(dma_list.dma_addr, dma_list.length)
     except Exception:
         dma_unmap(dev, dma_list)
         raise
-    _SGT_MAPS[id(sgt)] = dma_list
+    sgt.mapping = dma_list
     return dma_list
 
 
 def dma_unmap_sgtable(dev, sgt: Any, direction: str = "bidirectional") -> DmaStats:
     """``dma_unmap_sgtable``."""
-    dma_list = _SGT_MAPS.get(id(sgt))
+    dma_list = getattr(sgt, "mapping", None)
     if dma_list is None or not dma_list.mapped:
         raise ValueError("dma_unmap_sgtable: this table is not mapped")
     stats = dma_unmap(dev, dma_list, direction)
-    del _SGT_MAPS[id(sgt)]
+    sgt.mapping = None
     return stats

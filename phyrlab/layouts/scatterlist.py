@@ -86,6 +86,8 @@ class SgTable(Layout):
         self.orig_nents = orig_nents
         #: entries the DMA mapping produced (== orig_nents until mapped, as the kernel keeps it).
         self.nents = orig_nents
+        #: the live mapping of :func:`phyrlab.dma.dma_map_sgtable`, None when unmapped.
+        self.mapping = None
 
     # -- construction
     @classmethod
@@ -131,6 +133,11 @@ class SgTable(Layout):
     def _field(self, name: str) -> np.ndarray:
         """One field of the data entries (chain links skipped), as a contiguous array."""
         return _gather(self.entries[name], self.orig_nents, len(self.chunks))
+
+    def sg_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(sg_phys, length)`` of each data entry as stored, unmerged: what ``dma_map_sg``
+        walks (``for_each_sg``), where :meth:`ranges` merges contiguous neighbours."""
+        return self._entry_ranges()
 
     def _entry_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         addr = page_pointer_to_addr(self._field("page_link"))
