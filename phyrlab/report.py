@@ -27,6 +27,8 @@ from .nbtools import execute, notebook_paths
 #: notebook stem -> "module:function" returning a kernel-free bokeh layout for the site.
 SITE_PAGES: dict[str, str] = {
     "01-storage-size": "phyrlab.site.storage:site_page",
+    "02-cpu-dma-split": "phyrlab.site.dma_split:site_page",
+    "06-two-step-api": "phyrlab.site.twostep:site_page",
 }
 
 WIDTH = 900

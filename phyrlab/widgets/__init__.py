@@ -110,6 +110,11 @@ from .storage import storage_panel  # noqa: E402
 PANELS: dict[str, tuple[str, dict[str, Any]]] = {
     "01-storage-size": ("phyrlab.widgets.storage:storage_panel",
                         {"size": 1 << 32, "mean_run_pages": 1.0}),
+    "02-cpu-dma-split": ("phyrlab.widgets.dma_split:split_panel",
+                         {"size": 1 << 32, "mean_run_pages": 1.0}),
+    # 16,384 ranges, the slider's top: 10^6 links would take ~700 s at ~0.7 ms a link
+    "06-two-step-api": ("phyrlab.widgets.twostep:twostep_panel",
+                        {"size": 1 << 26, "mean_run_pages": 1.0}),
 }
 
 __all__ = ["PANELS", "LivePanel", "size_slider", "plots_label", "show", "storage_panel"]
