@@ -11,8 +11,8 @@ from bokeh.plotting import figure
 
 from . import HEIGHT, WIDTH, fit_x, palette, style
 
-#: Height of each of the stacked figures of a panel (three fit a projector page with scrolling).
-PANEL_HEIGHT = 300
+#: Height of each stacked figure of the mapping panel: controls and three figures fit in ~800 px.
+PANEL_HEIGHT = 240
 #: The churn figures carry their legend above the plot, so they are taller.
 CHURN_HEIGHT = 350
 

@@ -45,9 +45,8 @@ def mapping_panel(workload: str = "rdma-mr-1g-4k", size: int = SZ_64M, fmt: str 
         leaf.x_range.factors = list(data["leaves"]["leaf"])
         v = data["meta"]
         i = cols["format"].index(v["fmt"])
-        leaf.title.text = (f"Leaf-size mix, {v['fmt']}: {v['workload']}, "
-                           f"{human_bytes(v['size'])} -> {cols['dma_segments'][i]:,} DMA "
-                           f"segment(s), {human_bytes(cols['mapped_bytes'][i])} of IOVA")
+        leaf.title.text = (f"Leaves of {v['fmt']}: {cols['dma_segments'][i]:,} DMA segment(s), "
+                           f"{human_bytes(cols['mapped_bytes'][i])} of IOVA")
 
     panel = LivePanel(controls, figs, sources, compute, after)
     after(first)
