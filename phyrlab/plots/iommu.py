@@ -118,5 +118,5 @@ def contiguity_chart(sweep: dict, *, title: str, y_label: str, name: str = "cont
     fig.yaxis.formatter = NumeralTickFormatter(format="0.[0] b" if bytes_axis else "0,0.[000]")
     fig.legend.location = "bottom_left"
     fig.legend.click_policy = "hide"
-    return style(fig, "physical backing (4 KiB pages in runs of mean N pages, or huge pages)",
+    return style(fig, "physical backing (runs of mean N pages of the granule, or aligned blocks)",
                  y_label)
