@@ -78,9 +78,7 @@ KERNEL_WAIVERS: dict[tuple[str, str], str] = {
 #: Model bugs found by this campaign, reported and pinned by strict xfail tests in
 #: tests/test_faults.py: name -> text that identifies the failure. The runner counts them
 #: apart from new failures.
-KNOWN_BUGS: dict[str, str] = {
-    "swiotlb alignment check (phyrlab/dma/swiotlb.py)": "used 0 (slots)",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 class InvariantError(AssertionError):

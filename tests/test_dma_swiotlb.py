@@ -24,7 +24,8 @@ def dev_with(mem=None, **kw):
 
 # --------------------------------------------------------------------------- a literal copy
 def kernel_find_slots(mem, dev, orig_addr, alloc_size, alloc_align_mask):
-    """swiotlb_area_find_slots + swiotlb_pool_find_slots transliterated line by line."""
+    """swiotlb_search_pool_area (v6.9+) + swiotlb_find_slots (!CONFIG_SWIOTLB_DYNAMIC),
+    transliterated line by line from kernel/dma/swiotlb.c."""
     lst = mem.list.copy()
     idx_state = mem.area_index.copy()
     used = mem.area_used.copy()
@@ -33,12 +34,14 @@ def kernel_find_slots(mem, dev, orig_addr, alloc_size, alloc_align_mask):
         boundary_mask = dev.seg_boundary_mask
         tbl_dma_addr = dev.phys_to_dma(mem.start) & boundary_mask
         max_slots = (boundary_mask >> 11) + 1
-        iotlb_align_mask = dev.min_align_mask | alloc_align_mask
+        iotlb_align_mask = dev.min_align_mask
         nslots = -(-alloc_size // IO_TLB_SIZE)
-        if alloc_size >= PAGE_SIZE:
-            iotlb_align_mask |= PAGE_SIZE - 1
-        iotlb_align_mask &= ~(IO_TLB_SIZE - 1)
-        stride = (iotlb_align_mask >> 11) + 1
+        align_mask = alloc_align_mask
+        if not align_mask and not iotlb_align_mask and alloc_size >= PAGE_SIZE:
+            align_mask = PAGE_SIZE - 1
+        align_mask |= IO_TLB_SIZE - 1
+        iotlb_align_mask &= ~align_mask
+        stride = (max(align_mask, iotlb_align_mask) >> 11) + 1
         if nslots > mem.area_nslabs - used[area_index]:
             return -1
         slot_base = area_index * mem.area_nslabs
@@ -46,8 +49,9 @@ def kernel_find_slots(mem, dev, orig_addr, alloc_size, alloc_align_mask):
         slots_checked = 0
         while slots_checked < mem.area_nslabs:
             slot_index = slot_base + index
-            if orig_addr and ((tbl_dma_addr + (slot_index << 11)) & iotlb_align_mask) != (
-                    orig_addr & iotlb_align_mask):
+            tlb_addr = tbl_dma_addr + (slot_index << 11)
+            if (tlb_addr & align_mask) or (orig_addr and (tlb_addr & iotlb_align_mask) != (
+                    orig_addr & iotlb_align_mask)):
                 index = 0 if index + 1 >= mem.area_nslabs else index + 1
                 slots_checked += 1
                 continue
@@ -162,6 +166,70 @@ def test_segment_boundary_mask_moves_the_mapping():
     assert (t2 - m.start) // IO_TLB_SIZE == 16
 
 
+def test_iommu_bounce_ignores_orig_bits_inside_alloc_align_mask():
+    """The dma-iommu bounce of an untrusted device (v6.9+ swiotlb_search_pool_area).
+
+    iommu_dma_map_page(phys 0x1000900, size 0xf700): iova_offset != 0, so
+    swiotlb_tbl_map_single(dev, phys, 0xf700, iova_align = 0x10000, iova_mask = 0xfff).
+    min_align_mask 0: offset 0; nslots 32; alloc_align_mask 0xfff (| 0x7ff), iotlb_align_mask
+    0, stride 2: even slots only. 64 KiB boundary: max_slots 32, tbl_dma_addr 0x60000000 &
+    0xffff = 0, so slot % 32 == 0. Slot 0 fits. (v6.6-v6.8 also compared bit 11 of 0x900 and
+    wanted an odd slot: no slot, "swiotlb buffer is full ... used 0 (slots)".)
+    """
+    mem = IoTlbMem()
+    dev = dev_with(mem, seg_boundary_mask=0xFFFF)
+    t = mem.tbl_map_single(dev, 0x100_0900, 0xF700, 0x10000, 0xFFF, "to_device")
+    assert t == DEFAULT_START
+    assert mem.used == 32 and int(mem.area_index[0]) == 32
+    assert list(mem.list[30:34]) == [0, 0, 96, 95]
+    t2 = mem.tbl_map_single(dev, 0x200_0900, 0xF700, 0x10000, 0xFFF, "to_device")
+    assert t2 == DEFAULT_START + 0x10000                   # slot 32: next 64 KiB window
+    mem.tbl_unmap_single(dev, t, 0xF700, "to_device")
+    mem.tbl_unmap_single(dev, t2, 0xF700, "to_device")
+    assert mem.used == 0 and np.array_equal(mem.list, IoTlbMem().list)
+
+
+def test_pre_padding_whole_slots_become_pad_slots():
+    """NVMe-style min_align_mask 0xfff bounced with alloc_align_mask 0xfff (v6.9).
+
+    offset = 0x123456c00 & 0xfff & (0xfff | 0x7ff) = 0xc00; find_slots(alloc 0x1000 + 0xc00)
+    = 4 slots; iotlb_align_mask 0xfff & ~0xfff = 0, stride 2: slot 0. The search's own offset
+    (align mask 0) is 0x400, so alloc_size per slot = 0x1c00 - 0x400 - i * 0x800. pad_slots =
+    0xc00 >> 11 = 1, so the buffer starts in slot 1 at 0x400: tlb = start + 0xc00.
+    """
+    mem = IoTlbMem()
+    dev = dev_with(mem, min_align_mask=0xFFF)
+    orig = 0x1_2345_6C00
+    t = mem.tbl_map_single(dev, orig, 0x400, 0x1000, 0xFFF, "to_device")
+    assert t == DEFAULT_START + 0xC00 and t & 0xFFF == orig & 0xFFF
+    assert mem.used == 4 and list(mem.list[:5]) == [0, 0, 0, 0, 124]
+    assert list(mem.alloc_size[:4]) == [0x1800, 0x1000, 0x800, 0]
+    assert (int(mem.pad_slots[0]), int(mem.pad_slots[1])) == (0, 1)
+    assert int(mem.orig_addr[0]) == (1 << 64) - 1          # the pad slot holds no buffer
+    assert [int(x) for x in mem.orig_addr[1:4]] == [orig, orig + 0x800, orig + 0x1000]
+    assert mem.stats["bounce_slots"] == 4
+    # swiotlb_release_slots: index (0xc00 - 0x400) >> 11 = 1, minus pad_slots = 0; 4 slots
+    mem.tbl_unmap_single(dev, t, 0x400, "to_device")
+    assert mem.used == 0 and np.array_equal(mem.list, IoTlbMem().list)
+    assert not mem.pad_slots.any()
+
+
+def test_page_alignment_only_without_any_alignment_mask():
+    """"Reinstate page-alignment for mappings >= PAGE_SIZE": only when alloc_align_mask and
+    min_align_mask are both 0. With min_align_mask 0x7ff a 4 KiB mapping after a 2 KiB one
+    takes slot 1 (alloc_align_mask 0x7ff, iotlb_align_mask 0, stride 1); without it, slot 2."""
+    mem = IoTlbMem()
+    dev = dev_with(mem, min_align_mask=0x7FF)
+    assert mem.tbl_map_single(dev, 0x1000, 2048, 2048, 0, "to_device") == DEFAULT_START
+    t = mem.tbl_map_single(dev, 0x2000, 4096, 4096, 0, "to_device")
+    assert t == DEFAULT_START + IO_TLB_SIZE
+    mem2 = IoTlbMem()
+    dev2 = dev_with(mem2)
+    mem2.tbl_map_single(dev2, 0x1000, 2048, 2048, 0, "to_device")
+    assert mem2.tbl_map_single(dev2, 0x2000, 4096, 4096, 0, "to_device") == (
+        DEFAULT_START + 2 * IO_TLB_SIZE)
+
+
 def test_areas_start_at_the_cpu_and_move_on_when_full():
     mem = IoTlbMem(SZ_1M, nareas=4, cpu=2)       # 512 slots: 4 areas of 128
     dev = dev_with(mem)
@@ -228,16 +296,20 @@ def test_search_visits_slots_in_the_kernels_order(seed):
             mem.tbl_unmap_single(d, t, size, "to_device")
             continue
         size = int(rng.choice([512, 2048, 3000, 4096, 8192, 20000, 65536, 130000]))
-        orig = int(rng.integers(1, 1 << 40))
+        orig = 0 if rng.random() < 0.05 else int(rng.integers(1, 1 << 40))
         align = int(rng.choice([0, 0, 0xFFF]))
-        offset = orig & dev.min_align_mask & (IO_TLB_SIZE - 1)
+        # swiotlb_tbl_map_single's pre-padding, then pad_slots in front of the buffer
+        offset = orig & dev.min_align_mask & (align | (IO_TLB_SIZE - 1))
         expect = kernel_find_slots(mem, dev, orig, size + offset, align)
         try:
             t = mem.tbl_map_single(dev, orig, size, size, align, "to_device")
         except DmaMappingError:
             assert expect == -1
             continue
-        assert (t - offset - mem.start) // IO_TLB_SIZE == expect
+        assert (t - (offset & (IO_TLB_SIZE - 1)) - mem.start) // IO_TLB_SIZE == (
+            expect + (offset >> 11))
+        if orig:        # the kernel keeps min_align_mask bits only for a real orig_addr
+            assert t & dev.min_align_mask == orig & dev.min_align_mask
         live.append((dev, t, size))
     for d, t, size in live:
         mem.tbl_unmap_single(d, t, size, "to_device")

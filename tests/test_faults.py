@@ -93,14 +93,9 @@ def test_inject_counts_and_refuses_bad_arguments():
     assert faults.stats.calls == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG in phyrlab/dma/swiotlb.py _area_find_slots: the orig_addr alignment check uses "
-    "min_align_mask | alloc_align_mask | ~PAGE_MASK; the kernel compares only min_align_mask "
-    "bits (v6.2) and drops the alloc_align_mask bits from it (v6.9+, 'swiotlb: Fix alignment "
-    "checks when both allocation and DMA masks are present'). A 64 KiB bounce of a buffer at "
-    "page offset >= 2 KiB for an untrusted device with a 64 KiB segment boundary then finds "
-    "no slot in an empty pool: -ENOMEM where the kernel succeeds."))
 def test_swiotlb_alignment_check_ignores_alloc_align_mask():
+    """Untrusted device, 64 KiB boundary, buffer at page offset 0x900: the 64 KiB bounce
+    (alloc_align_mask 0xfff) fits slot 0 of an empty pool (v6.9+ swiotlb_search_pool_area)."""
     dev = Device("iommu_dma_ops", dma_mask=DMA_BIT_MASK(64), untrusted=True,
                  max_seg_size=1 << 20, seg_boundary_mask=0xFFFF)
     import numpy as np

@@ -37,9 +37,7 @@ def cases(draw, backend: str):
         high=draw(st.booleans()), mask_bits=draw(st.sampled_from([32, 40, 64])),
         max_seg=draw(st.sampled_from([PAGE_SIZE, 0x10000, 0x10_0000, 0xFFFF_F000])),
         boundary_bits=boundary_bits, direction=draw(st.sampled_from(rel.DIRECTIONS)),
-        # untrusted + a segment boundary trips the swiotlb alignment bug pinned in
-        # test_faults.py::test_swiotlb_alignment_check_ignores_alloc_align_mask
-        untrusted=draw(st.booleans()) if boundary_bits == 64 else False)
+        untrusted=draw(st.booleans()))
 
 
 @pytest.mark.parametrize("backend", rel.BACKENDS)

@@ -1,9 +1,10 @@
 """swiotlb: the software IO TLB bounce-buffer pool (kernel/dma/swiotlb.c).
 
-Modelled from the stored kernel/dma/swiotlb.c (a v6.6-era file: ``struct io_tlb_pool`` and
-``CONFIG_SWIOTLB_DYNAMIC`` exist, ``swiotlb_area_find_slots`` steps by ``stride``,
-``swiotlb_tbl_map_single(dev, orig_addr, mapping_size, alloc_size, alloc_align_mask, dir,
-attrs)``), which keeps v6.2's slot rules:
+Models the slot search of v6.9 and later (``swiotlb_search_pool_area``, unchanged since v6.9
+and read in a 2026 mainline copy of kernel/dma/swiotlb.c, Nevuly/WSL2-Linux-Kernel-Rolling at
+19d79786) with the v6.9-v6.11 ``swiotlb_tbl_map_single(dev, orig_addr, mapping_size,
+alloc_size, alloc_align_mask, dir, attrs)`` (pre-padding and ``pad_slots``, read in the
+v6.9 patch "swiotlb: extend buffer pre-padding to alloc_align_mask if necessary"):
 
 - slots of ``IO_TLB_SIZE`` = 2 KiB (``IO_TLB_SHIFT`` 11) grouped in segments of
   ``IO_TLB_SEGSIZE`` = 128; ``slots[i].list`` counts the free slots from ``i`` to the end of its
@@ -11,15 +12,38 @@ attrs)``), which keeps v6.2's slot rules:
   ``min_align_mask`` rounded up to a slot;
 - the pool is split into ``nareas`` areas (a power of two, each a whole number of segments);
   the search starts in area ``cpu & (nareas - 1)`` at that area's ``index`` and wraps;
-- alignment: a slot must match ``orig_addr`` in the bits of ``min_align_mask |
-  alloc_align_mask`` above 2 KiB; mappings of ``PAGE_SIZE`` or more are page aligned; the first
-  bytes are offset by ``orig_addr & min_align_mask & (IO_TLB_SIZE - 1)``;
+- alignment (``swiotlb_search_pool_area``): a streaming mapping of ``PAGE_SIZE`` or more with
+  no ``alloc_align_mask`` and no ``min_align_mask`` gets ``alloc_align_mask = PAGE_SIZE - 1``;
+  then ``alloc_align_mask |= IO_TLB_SIZE - 1`` and ``iotlb_align_mask = min_align_mask &
+  ~alloc_align_mask``; a slot is skipped when ``tlb_addr & alloc_align_mask`` or (``orig_addr``
+  non-zero and) ``tlb_addr`` differs from ``orig_addr`` in ``iotlb_align_mask``;
+  ``stride = get_max_slots(max(alloc_align_mask, iotlb_align_mask))``;
+- ``swiotlb_tbl_map_single``: ``offset = orig_addr & min_align_mask & (alloc_align_mask |
+  (IO_TLB_SIZE - 1))`` is searched for on top of ``alloc_size``; its whole slots become
+  ``pad_slots`` in front of the returned address, which keeps ``offset & (IO_TLB_SIZE - 1)``;
+  ``swiotlb_release_slots`` steps back over ``pad_slots``;
 - no slot found: "swiotlb buffer is full (sz: %zd bytes), total %lu (slots), used %lu
   (slots)" and ``DMA_MAPPING_ERROR`` (here :class:`DmaMappingError` ``-ENOMEM``, what
   ``dma_mapping_error()`` returns);
-- ``swiotlb_tbl_map_single`` always copies the buffer in (``DMA_TO_DEVICE``) so a partial
-  device write cannot expose stale data; unmap copies back for ``from_device`` and
-  ``bidirectional``.
+- the buffer is always copied in (``DMA_TO_DEVICE``) so a partial device write cannot expose
+  stale data; unmap copies back for ``from_device`` and ``bidirectional``.
+
+The other versions (read, not modelled):
+- v6.2 (``swiotlb_do_find_slots``): only ``min_align_mask`` bits above 2 KiB are compared;
+  page size (mappings >= ``PAGE_SIZE``) and ``alloc_align_mask`` only raise ``stride``, and
+  the search starts at ``ALIGN(area->index, stride)``; ``offset`` is ``orig_addr &
+  min_align_mask & (IO_TLB_SIZE - 1)``, no ``pad_slots``.
+- v6.6-v6.8 (the stored torvalds/linux file, blob 009fbfc9, commit 0eee5ae10256 "swiotlb: fix
+  slot alignment checks"): ``iotlb_align_mask = min_align_mask | alloc_align_mask``, ORed with
+  ``~PAGE_MASK`` for mappings >= ``PAGE_SIZE``, and that whole mask is compared with
+  ``orig_addr``. An IOMMU bounce (``alloc_align_mask`` = granule - 1) of a buffer with bit 11
+  set then needs an odd slot, so with a 64 KiB segment boundary a 64 KiB bounce finds no slot
+  in an empty pool ("used 0 (slots)"). Will Deacon's v6.9 series (04867a7a3332 "swiotlb: Fix
+  double-allocation of slots due to broken alignment handling", "Fix alignment checks when
+  both allocation and DMA masks are present", "Reinstate page-alignment for mappings >=
+  PAGE_SIZE"; also in 6.6.y/6.8.y stable) replaced it with the rules above.
+- v6.12 and later drop ``alloc_size``: ``size = ALIGN(mapping_size + offset, alloc_align_mask
+  + 1)``. Callers here pass ``iova_align(size)`` as dma-iommu did up to v6.11.
 Simplified: one static pool (no dynamic pools, no restricted pools); bytes copied are counted,
 not moved; the search over candidate slots is vectorised but visits them in the kernel's order.
 """
@@ -31,13 +55,14 @@ import numpy as np
 from phyrlab.dma.ops import DmaStats, check_direction, dma_limit
 from phyrlab.errors import DmaMappingError
 from phyrlab.faults import should_fail
-from phyrlab.units import DMA_MAPPING_ERROR, PAGE_MASK, PAGE_SIZE, SZ_64M, U64_MAX
+from phyrlab.units import DMA_MAPPING_ERROR, PAGE_SIZE, SZ_64M, U64_MAX
 
 IO_TLB_SHIFT = 11
 IO_TLB_SIZE = 1 << IO_TLB_SHIFT
 IO_TLB_SEGSIZE = 128
 IO_TLB_DEFAULT_SIZE = SZ_64M
 INVALID_PHYS_ADDR = U64_MAX
+_U32 = 0xFFFF_FFFF          # ``unsigned int`` masks
 #: where the default pool sits: low memory (``memblock_alloc_low``), here 1.5 GiB.
 DEFAULT_START = 0x6000_0000
 
@@ -56,9 +81,11 @@ def _roundup_pow_of_two(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def swiotlb_align_offset(dev, addr: int) -> int:
-    """``swiotlb_align_offset``: offset into a slot required to keep the device happy."""
-    return int(addr) & dev.min_align_mask & (IO_TLB_SIZE - 1)
+def swiotlb_align_offset(dev, addr: int, align_mask: int = 0) -> int:
+    """``swiotlb_align_offset(dev, align_mask, addr)`` (v6.9+): the bits of ``addr`` in
+    ``min_align_mask`` below ``align_mask | (IO_TLB_SIZE - 1)``, kept by an offset into the
+    allocation (argument order differs from the kernel's; ``align_mask`` defaults to 0)."""
+    return int(addr) & dev.min_align_mask & ((int(align_mask) | (IO_TLB_SIZE - 1)) & _U32)
 
 
 def iommu_is_span_boundary(index, nr, shift, boundary_size):
@@ -109,6 +136,7 @@ class IoTlbMem:
         self.list = (IO_TLB_SEGSIZE - (i & (IO_TLB_SEGSIZE - 1))).astype(np.int64)
         self.orig_addr = np.full(nslabs, INVALID_PHYS_ADDR, dtype=np.uint64)
         self.alloc_size = np.zeros(nslabs, dtype=np.int64)
+        self.pad_slots = np.zeros(nslabs, dtype=np.int64)
         self.area_index = np.zeros(nareas, dtype=np.int64)
         self.area_used = np.zeros(nareas, dtype=np.int64)
 
@@ -124,7 +152,7 @@ class IoTlbMem:
         gives slots back, so it is a hint, not a holding.
         """
         return (self.list.copy(), self.orig_addr.copy(), self.alloc_size.copy(),
-                self.area_used.copy())
+                self.pad_slots.copy(), self.area_used.copy())
 
     def is_swiotlb_buffer(self, paddr: int) -> bool:
         """``is_swiotlb_buffer``."""
@@ -170,31 +198,40 @@ class IoTlbMem:
             idx = 0
         return np.concatenate(runs) if runs else np.zeros(0, dtype=np.int64)
 
-    def _area_find_slots(self, dev, area: int, orig_addr: int, alloc_size: int,
-                         alloc_align_mask: int) -> int:
-        """``swiotlb_area_find_slots``: first slot index, or -1."""
+    def _search_pool_area(self, dev, area: int, orig_addr: int, alloc_size: int,
+                          alloc_align_mask: int) -> int:
+        """``swiotlb_search_pool_area`` (v6.9+; v6.6 ``swiotlb_area_find_slots``): first slot
+        index, or -1 (nothing changed)."""
         boundary_mask = dev.seg_boundary_mask
         tbl_dma_addr = dev.phys_to_dma(self.start) & boundary_mask
         max_slots = (boundary_mask >> IO_TLB_SHIFT) + 1
-        iotlb_align_mask = (dev.min_align_mask | alloc_align_mask) & 0xFFFF_FFFF
+        iotlb_align_mask = dev.min_align_mask & _U32
         nslots = nr_slots(alloc_size)
         offset = swiotlb_align_offset(dev, orig_addr)
-        if alloc_size >= PAGE_SIZE:
-            iotlb_align_mask |= ~PAGE_MASK & 0xFFFF_FFFF
-        iotlb_align_mask &= ~(IO_TLB_SIZE - 1) & 0xFFFF_FFFF
-        stride = (iotlb_align_mask >> IO_TLB_SHIFT) + 1
+        alloc_align_mask = int(alloc_align_mask) & _U32
+        # streaming mappings >= PAGE_SIZE with no other requirement stay page aligned
+        if not alloc_align_mask and not iotlb_align_mask and alloc_size >= PAGE_SIZE:
+            alloc_align_mask = PAGE_SIZE - 1
+        # at least slot aligned; min_align_mask bits inside the alignment are kept by offset
+        alloc_align_mask |= IO_TLB_SIZE - 1
+        iotlb_align_mask &= ~alloc_align_mask & _U32
+        stride = (max(alloc_align_mask, iotlb_align_mask) >> IO_TLB_SHIFT) + 1
         if nslots > self.area_nslabs - int(self.area_used[area]):
             return -1
         slot_base = area * self.area_nslabs
-        check_align = bool(orig_addr)
-        contiguous = iotlb_align_mask == (stride - 1) << IO_TLB_SHIFT
-        if contiguous:
-            cand = self._candidates(int(self.area_index[area]), stride, iotlb_align_mask,
-                                    orig_addr & iotlb_align_mask,
-                                    tbl_dma_addr + (slot_base << IO_TLB_SHIFT), check_align)
-        else:  # an alignment mask with holes: step exactly as the kernel does
-            cand = self._candidates_slow(dev, area, orig_addr, iotlb_align_mask, stride,
-                                         tbl_dma_addr, check_align)
+        # a slot is skipped when (tlb_addr & alloc_align_mask) or, for a non-zero orig_addr,
+        # (tlb_addr & iotlb_align_mask) != (orig_addr & iotlb_align_mask): one masked compare
+        mask = alloc_align_mask | (iotlb_align_mask if orig_addr else 0)
+        target = orig_addr & iotlb_align_mask if orig_addr else 0
+        if tbl_dma_addr & (IO_TLB_SIZE - 1):
+            return -1               # every slot fails the alloc_align_mask test
+        base_addr = tbl_dma_addr + (slot_base << IO_TLB_SHIFT)
+        high = mask & ~(IO_TLB_SIZE - 1)
+        if high == (stride - 1) << IO_TLB_SHIFT:   # stride is the period of the mask
+            cand = self._candidates(int(self.area_index[area]), stride, high, target,
+                                    base_addr, True)
+        else:  # stride and mask period differ (orig_addr 0, mixed masks): step as the kernel
+            cand = self._candidates_slow(area, high, target, stride, base_addr)
         slot = slot_base + cand
         # max_slots <= 2^53, so int64 arithmetic is exact here
         ok = ~iommu_is_span_boundary(slot, nslots, nr_slots(tbl_dma_addr), max_slots)
@@ -219,12 +256,13 @@ class IoTlbMem:
         self.area_used[area] += nslots
         return slot_index
 
-    def _candidates_slow(self, dev, area, orig_addr, mask, stride, tbl_dma_addr, check_align):
+    def _candidates_slow(self, area: int, mask: int, target: int, stride: int,
+                         base_addr: int) -> np.ndarray:
+        """The kernel's loop literally: +1 past a slot failing the alignment test, +stride
+        past one that passes; area-relative indices of the slots that pass, in order."""
         n, idx, checked, out = self.area_nslabs, int(self.area_index[area]), 0, []
-        base = area * n
         while checked < n:
-            if check_align and (self._slot_addr(tbl_dma_addr, base + idx) & mask) != (
-                    orig_addr & mask):
+            if ((base_addr + (idx << IO_TLB_SHIFT)) & mask) != target:
                 idx = 0 if idx + 1 >= n else idx + 1
                 checked += 1
                 continue
@@ -238,7 +276,7 @@ class IoTlbMem:
         start = self.cpu & (self.nareas - 1)
         i = start
         while True:
-            index = self._area_find_slots(dev, i, orig_addr, alloc_size, alloc_align_mask)
+            index = self._search_pool_area(dev, i, orig_addr, alloc_size, alloc_align_mask)
             if index >= 0:
                 return index
             i = 0 if i + 1 >= self.nareas else i + 1
@@ -248,30 +286,39 @@ class IoTlbMem:
     # -- map / unmap ------------------------------------------------------------------------
     def tbl_map_single(self, dev, orig_addr: int, mapping_size: int, alloc_size: int,
                        alloc_align_mask: int, direction: str) -> int:
-        """``swiotlb_tbl_map_single``: the bounce buffer's physical address, or raise."""
+        """``swiotlb_tbl_map_single`` (v6.9-v6.11 arguments): the bounce buffer's physical
+        address, or raise."""
         check_direction(direction)
-        offset = swiotlb_align_offset(dev, orig_addr)
         if mapping_size > alloc_size:
             raise DmaMappingError("ENOMEM", f"Invalid sizes (mapping: {mapping_size} bytes, "
                                             f"alloc: {alloc_size} bytes)")
+        # pre-padding: min_align_mask bits of orig_addr up to alloc_align_mask or a slot
+        offset = swiotlb_align_offset(dev, orig_addr, alloc_align_mask)
         index = -1 if should_fail("swiotlb_slot") else self.find_slots(
             dev, orig_addr, alloc_size + offset, alloc_align_mask)
         if index == -1:
             raise DmaMappingError(
                 "ENOMEM", f"{dev.name}: swiotlb buffer is full (sz: {alloc_size} bytes), "
                           f"total {self.nslabs} (slots), used {self.used} (slots)")
+        pad_slots = offset >> IO_TLB_SHIFT
+        offset &= IO_TLB_SIZE - 1
+        index += pad_slots
+        self.pad_slots[index] = pad_slots
         n = nr_slots(alloc_size + offset)
         self.orig_addr[index:index + n] = (
             np.uint64(orig_addr) + (np.arange(n, dtype=np.uint64) << np.uint64(IO_TLB_SHIFT)))
         tlb_addr = self._slot_addr(self.start, index) + offset
-        self.stats["bounce_slots"] = self.stats.get("bounce_slots", 0) + n
+        # slots taken, pre-padding included (what mem_used() counts)
+        self.stats["bounce_slots"] = self.stats.get("bounce_slots", 0) + pad_slots + n
         self.bounce(dev, tlb_addr, mapping_size, "to_device")
         return tlb_addr
 
     def release_slots(self, dev, tlb_addr: int) -> None:
-        """``swiotlb_release_slots``: give the slots back, merging with free neighbours."""
+        """``swiotlb_release_slots``: give the slots (and ``pad_slots`` before them) back,
+        merging with free neighbours."""
         offset = swiotlb_align_offset(dev, tlb_addr)
         index = (tlb_addr - offset - self.start) >> IO_TLB_SHIFT
+        index -= int(self.pad_slots[index])
         nslots = nr_slots(int(self.alloc_size[index]) + offset)
         aindex = index // self.area_nslabs
         seg_end = -(-(index + 1) // IO_TLB_SEGSIZE) * IO_TLB_SEGSIZE
@@ -281,6 +328,7 @@ class IoTlbMem:
             self.list[i] = count
         self.orig_addr[index:index + nslots] = INVALID_PHYS_ADDR
         self.alloc_size[index:index + nslots] = 0
+        self.pad_slots[index:index + nslots] = 0
         i = index - 1
         while i >= 0 and io_tlb_offset(i) != IO_TLB_SEGSIZE - 1 and self.list[i]:
             count += 1
