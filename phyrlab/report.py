@@ -26,8 +26,10 @@ from .nbtools import execute, notebook_paths
 
 #: notebook stem -> "module:function" returning a kernel-free bokeh layout for the site.
 SITE_PAGES: dict[str, str] = {
+    "00-tour": "phyrlab.site.tour:site_page",
     "01-storage-size": "phyrlab.site.storage:site_page",
     "02-cpu-dma-split": "phyrlab.site.dma_split:site_page",
+    "03-iommu-page-tables": "phyrlab.site.iommu:site_page",
     "06-two-step-api": "phyrlab.site.twostep:site_page",
 }
 

@@ -73,7 +73,9 @@ def test_notebook_runs_and_slider_updates_plot(browser, lab, artifacts, nb):
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{lab['url']}/lab/tree/{nb}?token={lab['token']}")
+    stem = nb.removesuffix(".ipynb")
+    # a workspace of its own, reset: no tab restored from another test's session
+    page.goto(f"{lab['url']}/lab/workspaces/{stem}/tree/{nb}?reset&token={lab['token']}")
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=60_000)
     page.wait_for_selector(".jp-Notebook", timeout=60_000)
     page.wait_for_function(KERNEL_IDLE_JS, timeout=120_000)
@@ -87,13 +89,14 @@ def test_notebook_runs_and_slider_updates_plot(browser, lab, artifacts, nb):
         raise AssertionError("notebook did not finish running")
     page.wait_for_function("() => window.Bokeh && window.Bokeh.documents.length > 0",
                            timeout=60_000)
-    stem = nb.removesuffix(".ipynb")
     slider = page.locator(".jupyter-widgets .noUi-handle, .widget-slider .noUi-handle").first
     slider.scroll_into_view_if_needed()
     time.sleep(1)
     plot = page.locator(".bk-Figure, .bk-Column, .bk-Row").first
     before_png = plot.screenshot(path=str(artifacts / f"{stem}-before.png"))
     before = fingerprint(page)
+    slider.scroll_into_view_if_needed()  # the screenshot may have scrolled it away
+    time.sleep(0.5)
     box = slider.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.down()
