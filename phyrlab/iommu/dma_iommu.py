@@ -197,15 +197,13 @@ def iommu_dma_unmap_phys(domain: IommuDmaDomain, dma_addr: int, size: int) -> No
     iommu_dma_free_iova(domain, dma_addr, size, gather)
 
 
-def _sg_padding(slen: np.ndarray, mask: int) -> np.ndarray:
+def _sg_padding_scan(slen: np.ndarray, mask: int) -> np.ndarray:
     """``pad_len`` of ``iommu_dma_map_sg``'s layout loop, per segment (added to the previous).
 
     Sequential in the kernel; here a window of the running length is scanned at a time.
     """
     n = slen.size
     pad = np.zeros(n, dtype=_U64)
-    if mask >= U64_MAX:
-        return pad
     m = _U64(mask)
     start, base, window = 0, 0, 64
     while start < n:
@@ -227,35 +225,95 @@ def _sg_padding(slen: np.ndarray, mask: int) -> np.ndarray:
     return pad
 
 
+def _sg_padding(slen: np.ndarray, mask: int, cs: np.ndarray | None = None
+                ) -> np.ndarray | None:
+    """``pad_len`` per segment (added to the previous one), or None when no segment needs one.
+
+    The kernel pads when ``pad_len && pad_len < s_length - 1``, ``pad_len`` being the distance
+    from the running length ``cs`` to the next multiple of ``mask + 1``: that is, when a
+    boundary lies strictly between ``cs`` and ``cs + s_length - 1``. Until the first pad the
+    running length is the plain prefix sum ``cs`` (pass it if you have it), so one check over
+    the boundaries below the total length settles the common case; lists that need padding
+    are scanned window by window (:func:`_sg_padding_scan`).
+    """
+    n = slen.size
+    if mask >= U64_MAX or n == 0:
+        return None
+    if cs is None:
+        cs = np.cumsum(slen, dtype=_U64)
+        cs -= slen
+    span = mask + 1
+    nb = (int(cs[-1]) + int(slen[-1]) - 1) // span          # boundaries below the total
+    if nb == 0:
+        return None
+    if nb < n:
+        bound = np.arange(1, nb + 1, dtype=_U64) * _U64(span)
+        j = np.searchsorted(cs, bound, side="left") - 1     # segment holding the boundary
+        need = bool(np.any(bound < cs[j] + slen[j] - _U64(1)))
+    else:
+        m = _U64(mask)
+        padlen = (m - (cs & m) + _U64(1)) & m
+        need = bool(np.any((padlen != 0) & (padlen < slen - _U64(1))))
+    return _sg_padding_scan(slen, mask) if need else None
+
+
 def _finalise_sg(pos: np.ndarray, off: np.ndarray, length: np.ndarray, ilen: np.ndarray,
                  seg_mask: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """``__finalise_sg()``: merge mapped segments into DMA segments (vectorised)."""
+    """``__finalise_sg()``: merge mapped segments into DMA segments (vectorised).
+
+    A segment joins the previous DMA segment when ``cur_len`` is not 0 (the previous one
+    filled its IOVA span), it starts on a granule (``!s_iova_off``), its DMA address is not
+    on a segment boundary and ``max_len - cur_len >= s_length``. Groups of joinable segments
+    longer than ``max_len`` are cut greedily: at once when all their lengths are equal, else
+    one searchsorted per DMA segment.
+    """
     n = length.size
     cand = np.zeros(n, dtype=bool)
     if n > 1:
-        reset = (length + off) < ilen                    # cur_len = 0 after such a segment
-        cand[1:] = ~reset[:-1] & (off[1:] == 0) & ((pos[1:] & _U64(seg_mask)) != 0)
-    starts = np.nonzero(~cand)[0]
+        c = cand[1:]
+        np.greater_equal(length[:-1] + off[:-1], ilen[:-1], out=c)   # cur_len kept
+        c &= off[1:] == 0
+        c &= (pos[1:] & _U64(seg_mask)) != 0
+    starts = np.flatnonzero(~cand)
     gsum = np.add.reduceat(length, starts)
-    if np.all(gsum <= _U64(max_len)):
+    over = np.flatnonzero(gsum > _U64(max_len))
+    if over.size == 0:
         return pos[starts] + off[starts], gsum
-    out_s, out_l = [], []
     ends = np.append(starts[1:], n)
-    for a, b, tot in zip(starts.tolist(), ends.tolist(), gsum.tolist(), strict=True):
-        if tot <= max_len:
-            out_s.append(a)
-            out_l.append(tot)
-            continue
+    keep = np.ones(starts.size, dtype=bool)
+    keep[over] = False
+    out_s, out_l = [starts[keep]], [gsum[keep]]
+    lmin = np.minimum.reduceat(length, starts)[over]
+    lmax = np.maximum.reduceat(length, starts)[over]
+    uni = over[lmin == lmax]
+    if uni.size:                     # equal lengths: every q-th segment starts a DMA segment
+        seg_len = length[starts[uni]].astype(np.int64)
+        q = max_len // seg_len
+        cnt = ends[uni] - starts[uni]
+        nout = -(-cnt // q)
+        first = np.cumsum(nout) - nout
+        k = np.arange(int(nout.sum())) - np.repeat(first, nout)
+        g = np.repeat(np.arange(uni.size), nout)
+        out_s.append(starts[uni][g] + q[g] * k)
+        out_l.append((np.minimum(q[g], cnt[g] - q[g] * k) * seg_len[g]).astype(_U64))
+    rest_s, rest_l = [], []
+    for a, b in zip(starts[over[lmin != lmax]].tolist(), ends[over[lmin != lmax]].tolist(),
+                    strict=True):
         cum = np.cumsum(length[a:b], dtype=_U64)
         k, before = 0, 0
         while k < b - a:
             j = int(np.searchsorted(cum, _U64(before + max_len), side="right"))
-            out_s.append(a + k)
-            out_l.append(int(cum[j - 1]) - before)
+            rest_s.append(a + k)
+            rest_l.append(int(cum[j - 1]) - before)
             before = int(cum[j - 1])
             k = j
-    idx = np.array(out_s, dtype=np.int64)
-    return pos[idx] + off[idx], np.array(out_l, dtype=_U64)
+    out_s.append(np.array(rest_s, dtype=np.int64))
+    out_l.append(np.array(rest_l, dtype=_U64))
+    idx = np.concatenate(out_s)
+    dlen = np.concatenate(out_l)
+    order = np.argsort(idx, kind="stable")
+    idx, dlen = idx[order], dlen[order]
+    return pos[idx] + off[idx], dlen
 
 
 def iommu_dma_map_sg(domain: IommuDmaDomain, addr: np.ndarray, length: np.ndarray, *,
@@ -272,9 +330,8 @@ def iommu_dma_map_sg(domain: IommuDmaDomain, addr: np.ndarray, length: np.ndarra
         raise RangeError(f"map_sg: {addr.size} addresses but {length.size} lengths")
     if addr.size == 0:
         raise RangeError("map_sg: empty range list")
-    bad = np.nonzero(length == 0)[0]
-    if bad.size:
-        raise RangeError(f"map_sg: entry {int(bad[0])} has length 0")
+    if int(length.min()) == 0:
+        raise RangeError(f"map_sg: entry {int(np.flatnonzero(length == 0)[0])} has length 0")
     max_seg_size, mask = int(max_seg_size), int(seg_boundary_mask)
     if max_seg_size <= 0:
         raise ValueError(f"map_sg: max_seg_size {max_seg_size} must be positive")
@@ -283,36 +340,50 @@ def iommu_dma_map_sg(domain: IommuDmaDomain, addr: np.ndarray, length: np.ndarra
     g = domain.granule
     if mask < g - 1:
         raise ValueError(f"map_sg: seg_boundary_mask {mask:#x} is below the {g:#x} granule")
-    bad = np.nonzero(length > _U64(max_seg_size))[0]
-    if bad.size:
-        i = int(bad[0])
+    if int(length.max()) > max_seg_size:
+        i = int(np.flatnonzero(length > _U64(max_seg_size))[0])
         raise RangeError(f"map_sg: entry {i} is {int(length[i]):#x} bytes, more than "
                          f"max_seg_size {max_seg_size:#x}; split the list first")
-    if np.any(addr + length < addr):
-        i = int(np.nonzero(addr + length < addr)[0][0])
+    if int(addr.max()) + int(length.max()) > U64_MAX and np.any(addr + length < addr):
+        i = int(np.flatnonzero(addr + length < addr)[0])
         raise RangeError(f"map_sg: entry {i} at {int(addr[i]):#x} wraps past 2^64")
     gm = _U64(g - 1)
     off = addr & gm
-    slen = (length + off + gm) & ~gm
-    if mask < U64_MAX:
-        bad = np.nonzero(slen > _U64(mask + 1))[0]
-        if bad.size:
-            i = int(bad[0])
-            raise RangeError(f"map_sg: entry {i} spans {int(slen[i]):#x} bytes of IOVA, more "
-                             f"than the {mask + 1:#x} segment boundary; split the list first")
-    pad = _sg_padding(slen, mask)
-    ilen = slen.copy()
-    ilen[:-1] += pad[1:]                                  # prev->length += pad_len
-    iova_len = int(ilen.sum())
+    slen = length + off                                   # IOVA span: granules touched
+    slen += gm
+    slen &= ~gm
+    if mask < U64_MAX and int(slen.max()) > mask + 1:
+        i = int(np.flatnonzero(slen > _U64(mask + 1))[0])
+        raise RangeError(f"map_sg: entry {i} spans {int(slen[i]):#x} bytes of IOVA, more "
+                         f"than the {mask + 1:#x} segment boundary; split the list first")
+    rel = np.cumsum(slen, dtype=_U64)                     # running IOVA length before each
+    rel -= slen
+    pad = _sg_padding(slen, mask, rel)
+    if pad is None:
+        ilen = slen
+    else:
+        ilen = slen.copy()
+        ilen[:-1] += pad[1:]                              # prev->length += pad_len
+        rel = np.cumsum(ilen, dtype=_U64)
+        rel -= ilen
+    iova_len = int(rel[-1]) + int(ilen[-1])
     iova = iommu_dma_alloc_iova(domain, (iova_len + g - 1) & ~(g - 1), dma_limit, dev_is_pci)
-    pos = _U64(iova) + np.concatenate([[_U64(0)], np.cumsum(ilen[:-1], dtype=_U64)])
+    pos = rel
+    pos += _U64(iova)
     phys = addr - off
     # iommu_map_sg(): one __iommu_map per run of physically contiguous (padded) segments
-    brk = np.nonzero(phys[1:] != phys[:-1] + ilen[:-1])[0] + 1
-    rs = np.concatenate([[0], brk])
-    rlen = np.add.reduceat(ilen, rs)
+    joined = phys[:-1] + ilen[:-1]
+    cont = phys[1:] == joined
+    del joined
+    if not cont.any():
+        run_iova, run_phys, rlen = pos, phys, ilen
+    else:
+        rs = np.flatnonzero(np.concatenate([[True], ~cont]))
+        run_iova, run_phys = pos[rs], phys[rs]
+        rlen = np.diff(run_iova, append=_U64(iova + iova_len))
+    del cont
     try:
-        domain.pt.map_runs(pos[rs], phys[rs], rlen)
+        domain.pt.map_runs(run_iova, run_phys, rlen)
     except Exception:
         iommu_dma_free_iova(domain, iova, iova_len)
         raise

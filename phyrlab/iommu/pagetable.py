@@ -254,7 +254,10 @@ class PageTable:
 
     def map_runs(self, iova: np.ndarray, paddr: np.ndarray, size: np.ndarray,
                  prot: int = 3) -> int:
-        """Map many runs at once (``iommu_map_sg()``'s ``__iommu_map`` calls), all or none."""
+        """Map many runs at once (``iommu_map_sg()``'s ``__iommu_map`` calls), all or none.
+
+        Errors name the run by its index in the arrays as given.
+        """
         iova = np.asarray(iova, dtype=_U64).ravel()
         paddr = np.asarray(paddr, dtype=_U64).ravel()
         size = np.asarray(size, dtype=_U64).ravel()
@@ -262,36 +265,91 @@ class PageTable:
             raise ValueError("map_runs: iova, paddr and size must have the same length")
         if iova.size == 0:
             return 0
-        g = _U64(self.fmt.granule - 1)
-        bad = np.nonzero(((iova | paddr | size) & g) != 0)[0]
-        if bad.size or np.any(size == 0):
-            i = int(bad[0]) if bad.size else int(np.nonzero(size == 0)[0][0])
-            self._check_run(f"map_runs[{i}]", int(iova[i]), int(size[i]), int(paddr[i]))
-        order = np.argsort(iova, kind="stable")
-        if np.any(order[1:] < order[:-1]):
+        order = None
+        if iova.size > 1 and not np.all(iova[1:] >= iova[:-1]):
+            order = np.argsort(iova, kind="stable")
             iova, paddr, size = iova[order], paddr[order], size[order]
+
+        def bad_run(mask: np.ndarray) -> None:     # error path only: name the first bad run
+            i = int(np.flatnonzero(mask)[0])
+            j = i if order is None else int(order[i])
+            self._check_run(f"map_runs[{j}]", int(iova[i]), int(size[i]), int(paddr[i]))
+
+        g = _U64(self.fmt.granule - 1)
+        low = np.bitwise_or(iova, paddr)
+        low |= size
+        low &= g
+        if low.any() or int(size.min()) == 0:
+            bad_run((low != 0) | (size == 0))
+        del low
         end = iova + size
-        if np.any(end < iova) or int(end[-1]) > 1 << self.fmt.ias:
-            i = int(np.argmax(end))
-            self._check_run(f"map_runs[{i}]", int(iova[i]), int(size[i]), int(paddr[i]))
-        if np.any((paddr + size) > _U64(1 << OAS)):
-            i = int(np.nonzero((paddr + size) > _U64(1 << OAS))[0][0])
-            self._check_run(f"map_runs[{i}]", int(iova[i]), int(size[i]), int(paddr[i]))
-        ov = np.nonzero(end[:-1] > iova[1:])[0]
+        if np.any(end < iova) or int(end.max()) > 1 << self.fmt.ias:
+            bad_run((end < iova) | (end > _U64(1 << self.fmt.ias)))
+        pend = paddr + size
+        if np.any(pend < paddr) or int(pend.max()) > 1 << OAS:
+            bad_run((pend < paddr) | (pend > _U64(1 << OAS)))
+        del pend
+        ov = np.flatnonzero(end[:-1] > iova[1:])
         if ov.size:
             i = int(ov[0])
             raise ValueError(f"map_runs: runs at IOVA {int(iova[i]):#x} and "
                              f"{int(iova[i + 1]):#x} overlap")
+        del end
         return self._map_runs(iova, paddr, size)
 
     def _decompose(self, iova, paddr, size):
         """``iommu_pgsize()`` applied greedily to each run, as leaf segments in IOVA order.
 
-        Returns (lo, count, level, pa) per segment: ``count`` leaves of level ``level``'s size
-        starting at IOVA ``lo`` and physical ``pa``.
+        Returns (lo, count, lvl, pa) per segment: ``count`` (uint64) leaves of level ``lvl``'s
+        size (int8) starting at IOVA ``lo`` and physical ``pa``. ``lo``/``pa`` may be the input
+        arrays themselves: read them, never write them.
         """
-        f = self.fmt
-        levels = sorted(f.leaf_levels, reverse=True)       # smallest leaf first
+        levels = sorted(self.fmt.leaf_levels, reverse=True)   # smallest leaf first
+        sizes = [1 << self._shift[lv] for lv in levels]
+        n = iova.size
+        sh0 = _U64(self._shift[levels[0]])
+        if len(sizes) == 1 or int(size.max()) < sizes[1]:
+            # no run can hold an aligned block of the next leaf size: iommu_pgsize() picks the
+            # smallest leaf all along, one segment per run
+            return iova, size >> sh0, np.full(n, levels[0], np.int8), paddr
+        m1 = _U64(sizes[1] - 1)
+        big = ((iova ^ paddr) & m1) == 0              # V[1] below: a larger leaf fits somewhere
+        big &= ((iova + m1) & ~m1) < ((iova + size) & ~m1)
+        c = np.flatnonzero(big)
+        if c.size == 0:
+            return iova, size >> sh0, np.full(n, levels[0], np.int8), paddr
+        if c.size == n:
+            return self._decompose_big(iova, paddr, size, levels)[:4]
+        lo_c, cnt_c, lvl_c, pa_c, nseg_c = self._decompose_big(iova[c], paddr[c], size[c], levels)
+        # interleave: runs without a larger leaf give one segment, the others nseg_c each
+        nseg = np.ones(n, dtype=np.int64)
+        nseg[c] = nseg_c
+        offs = np.cumsum(nseg)
+        total = int(offs[-1])
+        offs -= nseg
+        lo = np.empty(total, dtype=_U64)
+        count = np.empty(total, dtype=_U64)
+        lvl = np.full(total, levels[0], dtype=np.int8)
+        pa = np.empty(total, dtype=_U64)
+        small = ~big
+        at = offs[small]
+        lo[at] = iova[small]
+        count[at] = size[small] >> sh0
+        pa[at] = paddr[small]
+        first = np.cumsum(nseg_c) - nseg_c
+        at = np.repeat(offs[c] - first, nseg_c) + np.arange(lo_c.size)
+        lo[at], count[at], lvl[at], pa[at] = lo_c, cnt_c, lvl_c, pa_c
+        return lo, count, lvl, pa
+
+    def _decompose_big(self, iova, paddr, size, levels):
+        """The general ``iommu_pgsize()`` cut: head and tail of each leaf size per run.
+
+        Per run and leaf size k (smallest first): ``A[k]``/``B[k]`` are the run's start rounded
+        up / end rounded down to the size; the size is usable (``V[k]``) when iova and paddr
+        agree below it and ``A[k] < B[k]``. The run is ``[A0, A1) [A1, A2) .. [A(K-1), B(K-1))
+        .. [B2, B1) [B1, B0)`` with unusable sizes folded into the next smaller one.
+        Also returns the number of segments per run.
+        """
         sizes = [1 << self._shift[lv] for lv in levels]
         K = len(sizes)
         end = iova + size
@@ -320,32 +378,94 @@ class PageTable:
         cols = heads + tails[:-1][::-1]
         lo = np.stack([c[0] for c in cols], axis=1).ravel()
         hi = np.stack([c[1] for c in cols], axis=1).ravel()
-        kk = np.tile(np.array([c[2] for c in cols], dtype=np.int64), iova.size)
+        kk = np.tile(np.array([c[2] for c in cols], dtype=np.int8), iova.size)
         delta = np.repeat(paddr - iova, len(cols))
         keep = hi > lo
+        nseg = keep.reshape(iova.size, len(cols)).sum(axis=1)
         lo, hi, kk, delta = lo[keep], hi[keep], kk[keep], delta[keep]
         shifts = np.array([self._shift[lv] for lv in levels], dtype=_U64)[kk]
-        count = ((hi - lo) >> shifts).astype(np.int64)
-        lvl = np.array(levels, dtype=np.int64)[kk]
-        return lo, count, lvl, lo + delta
+        count = (hi - lo) >> shifts
+        lvl = np.array(levels, dtype=np.int8)[kk]
+        return lo, count, lvl, lo + delta, nseg
+
+    def _busy_leaf_iova(self, level, lo, count, prefixes, pools) -> int:
+        """Error path of ``_map_runs``: the IOVA to name for a leaf target already in use.
+
+        Scans (segment, table) chunks of the segments at ``level`` in IOVA order: a wholly
+        covered table in use is named by its start, else the first used entry.
+        """
+        sh, b = self._shift[level], self._bits[level]
+        emask = (1 << b) - 1
+        g0 = (lo >> _U64(sh)).astype(np.int64)
+        g1 = g0 + count.astype(np.int64) - 1
+        t0, t1 = g0 >> b, g1 >> b
+        nt = t1 - t0 + 1
+        t = _expand(t0, nt)
+        seg = np.repeat(np.arange(lo.size), nt)
+        gs = np.maximum(t << b, g0[seg])
+        n = np.minimum(((t + 1) << b) - 1, g1[seg]) - gs + 1
+        tpool = pools[np.searchsorted(prefixes, t)]
+        have = np.flatnonzero(tpool >= 0)
+        busy_full = have[(n[have] == emask + 1) & (self._nvalid[tpool[have]] != 0)]
+        if busy_full.size:
+            return int(t[busy_full[0]]) << (b + sh)
+        part = have[n[have] <= emask]
+        ent = self._pte.reshape(-1)[_expand(tpool[part] * self._W + (gs[part] & emask),
+                                            n[part])]
+        gi = _expand(gs[part], n[part])
+        return int(gi[np.flatnonzero(ent != 0)[0]]) << sh
 
     def _map_runs(self, iova, paddr, size) -> int:
+        """Plan (walk, find tables to allocate, refuse live entries), allocate, then write.
+
+        Leaves are handled per (IOVA-contiguous stretch of same-size segments, table) chunk,
+        never per segment or per leaf: a table a stretch covers whole is written as one row.
+        """
         f = self.fmt
         lo, count, lvl, pa = self._decompose(iova, paddr, size)
-        maxlvl = int(lvl.max())
+        nseg = lo.size
+        lv_min, lv_max = int(lvl.min()), int(lvl.max())
+        shifts = np.asarray(self._shift, dtype=_U64)
+        hi = count.copy()                              # segment ends: lo + count * leaf size
+        hi <<= shifts[lv_min] if lv_min == lv_max else shifts[lvl]
+        hi += lo
+        join = np.zeros(nseg, dtype=bool)              # segment i starts where i - 1 ends
+        np.equal(hi[:-1], lo[1:], out=join[1:])
+        whole = None
+
+        def stretches(sel: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            """First and last segment of each IOVA-contiguous stretch of selected segments."""
+            nonlocal whole
+            if sel is None:
+                if whole is None:
+                    st = np.flatnonzero(~join)
+                    en = np.empty_like(st)
+                    en[:-1] = st[1:] - 1
+                    en[-1] = nseg - 1
+                    whole = st, en
+                return whole
+            js = join.copy()
+            js[1:] &= sel[:-1]
+            js &= sel
+            st = np.flatnonzero(sel & ~js)
+            nxt = np.zeros(nseg, dtype=bool)
+            nxt[:-1] = js[1:]
+            return st, np.flatnonzero(sel & ~nxt)
+
         # ---- plan: which tables exist, which must be allocated, any live mapping in the way
         prefixes = [np.zeros(1, dtype=np.int64)]      # table ids per level (iova >> span)
         pools = [np.zeros(1, dtype=np.int64)]         # pool index (or -1 = to allocate)
         parent_pos: list[np.ndarray | None] = [None]
         new_masks: list[np.ndarray | None] = [None]
         n_new_total = 0
-        hi = lo + (count.astype(_U64) << np.asarray(self._shift, dtype=_U64)[lvl])
-        for level in range(1, maxlvl + 1):
+        for level in range(1, lv_max + 1):
             sh = _U64(self._shift[level - 1])
-            sel = lvl >= level
-            p_lo = (lo[sel] >> sh).astype(np.int64)
-            p_hi = ((hi[sel] - _U64(1)) >> sh).astype(np.int64)
-            p = _unique_sorted(_expand(p_lo, p_hi - p_lo + 1))
+            st, en = stretches(None if lv_min >= level else lvl >= level)
+            p_lo = (lo[st] >> sh).astype(np.int64)
+            p_hi = ((hi[en] - _U64(1)) >> sh).astype(np.int64)
+            p_lo[1:] = np.maximum(p_lo[1:], p_hi[:-1] + 1)   # drop prefixes shared with the
+            keep = p_lo <= p_hi                               # previous stretch
+            p = _expand(p_lo[keep], p_hi[keep] - p_lo[keep] + 1)
             ppos = np.searchsorted(prefixes[level - 1], p >> self._bits[level - 1])
             ppool = pools[level - 1][ppos]
             slot = p & ((1 << self._bits[level - 1]) - 1)
@@ -367,39 +487,45 @@ class PageTable:
             parent_pos.append(ppos)
             new_masks.append(~present)
             n_new_total += int((~present).sum())
-        # leaf targets must be empty; work per (segment, table) chunk, never per leaf
+        # ---- leaf targets must be empty; chunks of (stretch, table), never per leaf
         leaf_plan = []
-        for level in sorted(set(lvl.tolist())):
-            sel = np.nonzero(lvl == level)[0]
+        for level in sorted(f.leaf_levels):
+            if lv_min == lv_max:
+                if level != lv_min:
+                    continue
+                sel = None
+            else:
+                sel = lvl == level
+                if not sel.any():
+                    continue
             sh, b = self._shift[level], self._bits[level]
-            emask = (1 << b) - 1
-            g0 = (lo[sel] >> _U64(sh)).astype(np.int64)
-            g1 = g0 + count[sel] - 1
+            E = 1 << b
+            st, en = stretches(sel)
+            g0 = (lo[st] >> _U64(sh)).astype(np.int64)
+            g1 = (hi[en] >> _U64(sh)).astype(np.int64) - 1
+            nleaf = g1 - g0 + 1
+            leafoff = np.cumsum(nleaf) - nleaf        # first leaf of each stretch
             t0, t1 = g0 >> b, g1 >> b
             nt = t1 - t0 + 1
             t = _expand(t0, nt)
-            seg = np.repeat(np.arange(sel.size), nt)
-            gs = np.maximum(t << b, g0[seg])
-            ge = np.minimum(((t + 1) << b) - 1, g1[seg])
-            n = ge - gs + 1
-            slot0 = gs & emask
-            pa0 = pa[sel][seg] + ((gs - g0[seg]).astype(_U64) << _U64(sh))
+            s = np.repeat(np.arange(st.size), nt)
+            gs = np.maximum(t << b, g0[s])
+            n = np.minimum(((t + 1) << b) - 1, g1[s]) - gs + 1
+            slot0 = gs & (E - 1)
+            k0 = leafoff[s] + (gs - g0[s])            # first leaf of each chunk
             tpos = np.searchsorted(prefixes[level], t)
             tpool = pools[level][tpos]
-            have = np.nonzero(tpool >= 0)[0]
+            have = np.flatnonzero(tpool >= 0)
             if have.size:
-                busy_full = have[(n[have] == emask + 1) & (self._nvalid[tpool[have]] != 0)]
-                part = have[n[have] <= emask]
+                busy = np.any((n[have] == E) & (self._nvalid[tpool[have]] != 0))
+                part = have[n[have] < E]
                 flat = _expand(tpool[part] * self._W + slot0[part], n[part])
-                ent = self._pte.reshape(-1)[flat]
-                if busy_full.size or np.any(ent != 0):
-                    if busy_full.size:
-                        at = int(t[busy_full[0]]) << (b + sh)
-                    else:
-                        gi = _expand(gs[part], n[part])
-                        at = int(gi[np.nonzero(ent != 0)[0][0]]) << sh
+                if busy or np.any(self._pte.reshape(-1)[flat] != 0):
+                    seg = slice(None) if sel is None else sel
+                    at = self._busy_leaf_iova(level, lo[seg], count[seg], prefixes[level],
+                                              pools[level])
                     raise ValueError(f"map: IOVA {at:#x} is already mapped ({f.name})")
-            leaf_plan.append((level, tpos, slot0, n, pa0))
+            leaf_plan.append((level, sel, tpos, slot0, n, k0))
         # ---- allocate: every table page asks the fault point first (kernel: -ENOMEM)
         for i in range(n_new_total):
             if should_fail("pt_alloc"):
@@ -408,7 +534,7 @@ class PageTable:
                     f"be allocated mapping IOVA {int(iova[0]):#x}; nothing was mapped")
         # ---- commit
         s = self.stats
-        for level in range(1, maxlvl + 1):
+        for level in range(1, lv_max + 1):
             new = new_masks[level]
             n = int(new.sum())
             ppool = pools[level - 1][parent_pos[level]]
@@ -421,26 +547,29 @@ class PageTable:
                 np.add.at(self._nvalid, pp, 1)
                 s.pte_writes += n
         flat_pte = self._pte.reshape(-1)
-        for level, tpos, slot0, n, pa0 in leaf_plan:
+        for level, sel, tpos, slot0, n, k0 in leaf_plan:
             tpool = pools[level][tpos]
             sz = 1 << self._shift[level]
             E = 1 << self._bits[level]
-            full = n == E                        # whole tables: write rows at once
+            pa_l = pa if sel is None else pa[sel]
+            cnt_l = count if sel is None else count[sel]
+            # physical address of every leaf of this size, in IOVA order
+            src = pa_l if int(cnt_l.max()) == 1 else _expand(pa_l, cnt_l, sz)
+            full = n == E                             # whole tables: write rows at once
             if full.any():
-                rows = tpool[full]
-                step = np.arange(E, dtype=_U64) * _U64(sz)
-                r0 = int(rows[0])
-                if np.array_equal(rows, np.arange(r0, r0 + rows.size)):
-                    view = self._pte[r0:r0 + rows.size, :E]     # fresh tables: in place
-                    view[:] = step
-                    view += (pa0[full] | PTE_PRESENT)[:, None]
+                rows, kf = tpool[full], k0[full]
+                r0, ka, nf = int(rows[0]), int(kf[0]), rows.size
+                if (np.array_equal(rows, np.arange(r0, r0 + nf))
+                        and np.array_equal(kf, ka + E * np.arange(nf))):
+                    np.bitwise_or(src[ka:ka + nf * E].reshape(nf, E), PTE_PRESENT,
+                                  out=self._pte[r0:r0 + nf, :E])   # fresh tables: in place
                 else:
-                    self._pte[rows, :E] = (pa0[full] | PTE_PRESENT)[:, None] + step
+                    self._pte[rows, :E] = src[kf[:, None] + np.arange(E)] | PTE_PRESENT
                 self._nvalid[rows] += E
             part = ~full
             if part.any():
                 flat = _expand(tpool[part] * self._W + slot0[part], n[part])
-                flat_pte[flat] = _expand(pa0[part], n[part], sz) | PTE_PRESENT
+                flat_pte[flat] = src[_expand(k0[part], n[part])] | PTE_PRESENT
                 np.add.at(self._nvalid, tpool[part], n[part])
             nl = int(n.sum())
             s.pte_writes += nl
