@@ -3,40 +3,41 @@
 from __future__ import annotations
 
 from bokeh.layouts import gridplot
-from bokeh.models import ColumnDataSource, FactorRange, NumeralTickFormatter
+from bokeh.models import ColumnDataSource, NumeralTickFormatter
 from bokeh.plotting import figure
+from bokeh.transform import dodge
 
 from . import palette, style
 
-SMALL_W = 520
-SMALL_H = 330
+SMALL_W = 490
+SMALL_H = 360
 
 
 def grouped_bars(data: dict, key: str, title: str, y_label: str, *, bytes_axis: bool = False,
                  log: bool = False, name: str = "grouped") -> figure:
-    """One group of bars per ``data[key]`` category, one bar per other series of ``data``."""
+    """One group of bars per ``data[key]`` category, one dodged bar per other series."""
     series = [k for k in data if k != key]
-    factors = [(str(c), s) for c in data[key] for s in series]
-    values = [data[s][i] for i in range(len(data[key])) for s in series]
-    colors = palette(series) * len(data[key])
-    if log:
-        values = [max(v, 0.1) for v in values]
-    source = ColumnDataSource({"x": factors, "value": values, "color": colors,
-                               "series": [s for _c in data[key] for s in series]})
-    fig = figure(x_range=FactorRange(*factors), width=SMALL_W, height=SMALL_H, title=title,
-                 tools="save,hover", name=name, y_axis_type="log" if log else "linear",
-                 tooltips=[("", "@x"), ("value", "@value{0,0.[00]}")])
-    fig.vbar(x="x", top="value", width=0.85, source=source, color="color",
-             legend_field="series", bottom=0.1 if log else 0)
-    fig.xaxis.major_label_orientation = 0.9
-    fig.xaxis.major_label_text_font_size = "0pt"  # the group labels say it; bars are coloured
-    fig.xaxis.group_label_orientation = 0.5
+    cats = [str(c) for c in data[key]]
+    width = 0.8 / len(series)
+    fig = figure(x_range=cats, width=SMALL_W, height=SMALL_H, title=title, tools="save,hover",
+                 name=name, y_axis_type="log" if log else "linear",
+                 tooltips=[("", "@cat"), ("value", "@value{0,0.[00]}")])
+    for k, (s, color) in enumerate(zip(series, palette(series), strict=True)):
+        values = [max(float(v), 0.1) if log else v for v in data[s]]
+        src = ColumnDataSource({"cat": cats, "value": values})
+        offset = -0.4 + width * (k + 0.5)
+        fig.vbar(x=dodge("cat", offset, range=fig.x_range), top="value", width=width * 0.95,
+                 source=src, color=color, legend_label=s, bottom=0.1 if log else 0)
+    fig.xaxis.major_label_orientation = 0.6
     fig.yaxis.formatter = NumeralTickFormatter(format="0.[0] b" if bytes_axis else "0,0.[0]")
     style(fig, "", y_label)
     fig.title.text_font_size = "13pt"
-    fig.legend.label_text_font_size = "10pt"
-    fig.legend.location = "top_right"
-    fig.xaxis.group_text_font_size = "10pt"
+    fig.xaxis.major_label_text_font_size = "10pt"
+    legend = fig.legend[0]
+    legend.label_text_font_size = "10pt"
+    legend.orientation = "horizontal"
+    legend.location = "top_left"
+    fig.add_layout(legend, "above")  # above the bars, never over them
     return fig
 
 

@@ -23,7 +23,6 @@ def site_page():
             table[f"{name}|{run}"] = data
     first = table[f"{names[0]}|{RUNS[0]}"]
     fig, source = plots.storage_chart(dict(first))
-    fig.x_range.end = max(max(d["bytes"]) for d in table.values()) * 1.35
     wsel = Select(title="workload", value=names[0], options=names, width=260)
     rsel = Select(title="mean run (pages)", value=str(RUNS[0]), options=[str(r) for r in RUNS],
                   width=200)

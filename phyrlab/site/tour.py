@@ -21,7 +21,6 @@ def site_page():
             keys.append(f"{w}|{s}")
             table[keys[-1]] = tour.storage_columns(w, s)
     fig, source = storage_chart(dict(table[keys[0]]))
-    fig.x_range.end = max(max(d["bytes"]) for d in table.values()) * 1.35
     wsel = Select(title="workload", value=tour.WORKLOADS[0], options=tour.WORKLOADS, width=240)
     ssel = Select(title="size", value=str(SIZES[0]),
                   options=[(str(s), human_bytes(s)) for s in SIZES], width=160)
