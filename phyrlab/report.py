@@ -30,6 +30,7 @@ SITE_PAGES: dict[str, str] = {
     "01-storage-size": "phyrlab.site.storage:site_page",
     "02-cpu-dma-split": "phyrlab.site.dma_split:site_page",
     "03-iommu-page-tables": "phyrlab.site.iommu:site_page",
+    "04-mapping-backends": "phyrlab.site.backends:site_page",
     "06-two-step-api": "phyrlab.site.twostep:site_page",
 }
 

@@ -114,6 +114,8 @@ PANELS: dict[str, tuple[str, dict[str, Any]]] = {
                         {"size": 1 << 32, "mean_run_pages": 1.0}),
     "02-cpu-dma-split": ("phyrlab.widgets.dma_split:split_panel",
                          {"size": 1 << 32, "mean_run_pages": 1.0}),
+    "04-mapping-backends": ("phyrlab.widgets.backends:backends_panel",
+                            {"size": 1 << 32, "dma_bits": 64}),
     # 16,384 ranges, the slider's top: 10^6 links would take ~700 s at ~0.7 ms a link
     "06-two-step-api": ("phyrlab.widgets.twostep:twostep_panel",
                         {"size": 1 << 26, "mean_run_pages": 1.0}),
