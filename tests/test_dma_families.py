@@ -312,6 +312,74 @@ class TestAlpha:
         assert dev.ops.stats["pte_writes"] == 4
 
 
+# ------------------------------------------------------------------ parisc ccio / sba
+PARISC = ["ccio_ops", "sba_ops"]
+
+
+def _in_one_window(dma, dlen, mask: int) -> bool:
+    return all((int(a) & ~mask) == ((int(a) + int(n) - 1) & ~mask)
+               for a, n in zip(dma, dlen, strict=True))
+
+
+class TestParisc:
+    """drivers/parisc/iommu-helpers.h iommu_coalesce_chunks, worked by hand."""
+
+    @pytest.mark.parametrize("name", PARISC)
+    def test_chunk_capped_at_segment_boundary(self, name):
+        # max_seg_size 1 MiB, DMA_CHUNK_SIZE 256 KiB, boundary 0xffff + 1: cap 64 KiB.
+        # contiguous, page aligned: 48K; +48K -> ALIGN(96K) > 64K: break; 48K + 16K ->
+        # ALIGN(64K) <= 64K: join. Chunks 48K (12 pdir pages) and 64K (16 pages).
+        dev = dev_for(name, dma_mask=DMA_BIT_MASK(32), max_seg_size=1 << 20,
+                      seg_boundary_mask=0xFFFF)
+        dma, dlen, _ = map_sg(dev, [0x100_0000, 0x100_C000, 0x101_8000],
+                              [0xC000, 0xC000, 0x4000])
+        assert dlen.tolist() == [0xC000, 0x10000]
+        assert dev.ops.stats["pte_writes"] == 12 + 16
+        assert _in_one_window(dma, dlen, 0xFFFF)
+        dev.ops.unmap_sg(dev, dma, dlen, "bidirectional", None)
+        assert dev.ops.resources()["table_entries"] == 0
+
+    @pytest.mark.parametrize("name", PARISC)
+    def test_first_offset_counts_in_the_aligned_size(self, name):
+        # max_seg_size 64K, no boundary (0xffffffff + 1 wraps the unsigned int to 0).
+        # dma_offset 0x800: ALIGN(0x7800 + 0x800 + 0x8400, 4K) = 0x11000 > 0x10000: break,
+        # although 0x7800 + 0x8400 = 0xfc00 fits max_seg_size.
+        dev = dev_for(name, dma_mask=DMA_BIT_MASK(32), max_seg_size=0x10000,
+                      seg_boundary_mask=0xFFFF_FFFF)
+        dma, dlen, _ = map_sg(dev, [0x100_0800, 0x100_8000], [0x7800, 0x8400])
+        assert dlen.tolist() == [0x7800, 0x8400]
+        assert int(dma[0]) & 0xFFF == 0x800
+        assert dev.ops.stats["pte_writes"] == 8 + 9
+
+    @pytest.mark.parametrize("name", PARISC)
+    def test_only_contiguous_page_aligned_entries_join(self, name):
+        # prev_end != sg_start: no join, even page aligned on both sides
+        dev = dev_for(name, dma_mask=DMA_BIT_MASK(32), max_seg_size=1 << 20)
+        dma, dlen, _ = map_sg(dev, [0x100_0000, 0x200_0000, 0x200_1000, 0x200_2800],
+                              [0x1000, 0x1000, 0x1800, 0x800])
+        # 0|1: not contiguous; 1+2 contiguous and aligned; 2|3 contiguous, not page aligned
+        assert dlen.tolist() == [0x1000, 0x2800, 0x800]
+
+    @pytest.mark.parametrize("name", PARISC)
+    def test_dma_chunk_size_caps_a_chunk(self, name):
+        # 80 contiguous pages, max_seg_size 1 MiB, no boundary: DMA_CHUNK_SIZE =
+        # BITS_PER_LONG * PAGE_SIZE = 256 KiB -> 64 + 16 pages
+        dev = dev_for(name, dma_mask=DMA_BIT_MASK(32), max_seg_size=1 << 20)
+        addr = [0x100_0000 + i * 4096 for i in range(80)]
+        dma, dlen, _ = map_sg(dev, addr, [4096] * 80)
+        assert dlen.tolist() == [0x40000, 0x10000]
+
+    @pytest.mark.parametrize("name", PARISC)
+    def test_non_contiguous_pieces_map_on_an_empty_table(self, name):
+        # the case the reliability campaign found: two 48K pieces, 64K boundary
+        dev = dev_for(name, dma_mask=DMA_BIT_MASK(32), max_seg_size=1 << 20,
+                      seg_boundary_mask=0xFFFF)
+        dl = dma_map(dev, (arr(0x100_0000, 0x200_0000), arr(0xC000, 0xC000)))
+        assert dl.length.tolist() == [0xC000, 0xC000]
+        dma_unmap(dev, dl)
+        assert dev.ops.resources()["table_entries"] == 0
+
+
 # ------------------------------------------------------------------ arm, per-entry tables
 class TestArmAndPerEntry:
     def test_arm_alignment_order(self):

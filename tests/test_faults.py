@@ -104,12 +104,9 @@ def test_swiotlb_alignment_check_ignores_alloc_align_mask():
     dma_unmap(dev, dl)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG in phyrlab/dma/iommu_table.py (ccio_ops/sba_ops): drivers/parisc/iommu-helpers.h "
-    "iommu_coalesce_chunks caps a chunk at min(max_seg_size, DMA_CHUNK_SIZE, "
-    "seg_boundary + 1) counting ALIGN(offset + length, IOVP_SIZE); the model uses max_seg_size "
-    "only, builds a chunk larger than the boundary window and fails -ENOMEM on an empty table."))
 def test_parisc_coalesce_caps_chunks_at_the_segment_boundary():
+    """iommu_coalesce_chunks: a chunk is at most min(max_seg_size, DMA_CHUNK_SIZE,
+    seg_boundary + 1) counted as ALIGN(offset + length, IOVP_SIZE), so it always fits."""
     import numpy as np
 
     dev = Device("ccio_ops", dma_mask=DMA_BIT_MASK(32), max_seg_size=1 << 20,

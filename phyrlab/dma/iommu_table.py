@@ -40,6 +40,16 @@ Read in the kernel sources (stored versions; several are older than v6.2, noted 
   physically contiguous leader that lies in the direct-map window, ``iommu_arena_find_pages``
   next-fit with one wrap that flushes (``mv_pci_tbi``), unmap above ``next_entry`` flushes.
 
+- drivers/parisc/iommu-helpers.h ``iommu_coalesce_chunks`` (stored torvalds/linux blob
+  51459361, the same since v5.x and in a 2026 tree; an older 2.6 copy lacks the boundary):
+  ``max_seg_size = min(dma_get_max_seg_size(dev), DMA_CHUNK_SIZE)``, then ``min(...,
+  dma_get_seg_boundary(dev) + 1)`` unless that ``unsigned int`` sum wrapped to 0; an entry
+  joins the chunk only when ``ALIGN(dma_len + dma_offset + length, IOVP_SIZE) <=
+  max_seg_size`` (``dma_offset`` = the first entry's offset in its page), it starts exactly
+  where the previous entry ended and both sides are page aligned; each chunk takes
+  ``ALIGN(dma_len + dma_offset, IOVP_SIZE)`` of I/O pdir. ``DMA_CHUNK_SIZE`` is
+  ``BITS_PER_LONG * PAGE_SIZE`` (arch/parisc/include/asm/dma.h); modelled 64-bit: 256 KiB.
+  ``ccio_map_sg`` / ``sba_map_sg`` map a one-entry list with ``map_single``.
 Not verified in a stored file (taken from memory of v6.2, to re-check): sparc's lazy flush
 on allocator wrap (``iommu_tbl_range_alloc`` in lib/iommu-common.c), the per-segment IOC purge
 on unmap of parisc ccio/sba and ia64 sba, sun4u/sun4v ``map_sg`` returning -EINVAL and jazz
@@ -48,11 +58,13 @@ on unmap of parisc ccio/sba and ia64 sba, sun4u/sun4v ``map_sg`` returning -EINV
 was read in arch/powerpc/include/asm/vio.h.
 
 Simplified (one line each): powerpc/sparc use one small-allocation pool (no per-CPU pools);
-parisc, ia64 and arm chunking use the GART rule (page-aligned joins, ``max_seg_size``) with
-their own size accounting; sun4v counts one hypercall per batch of contiguous pages
-(``iommu_batch_*``); pseries TCE writes are ``H_PUT_TCE_INDIRECT`` batches of 512; alpha's
-"break up and retry" after a failed virtual merge and its DAC path are not modelled; flushes
-are counted, not timed (see :mod:`phyrlab.cost`).
+ia64 and arm chunking use the GART rule (page-aligned joins, ``max_seg_size``) with their own
+size accounting; parisc compares physical, not virtual, addresses (no highmem on parisc); a
+full parisc pdir fails with -ENOMEM where ``ccio_alloc_range`` / ``sba_alloc_range``
+``panic()`` ("out of mapping resources", read); sun4v counts one hypercall per batch of
+contiguous pages (``iommu_batch_*``); pseries TCE writes are ``H_PUT_TCE_INDIRECT``
+batches of 512; alpha's "break up and retry" after a failed virtual merge and its DAC path
+are not modelled; flushes are counted, not timed (see :mod:`phyrlab.cost`).
 """
 
 from __future__ import annotations
@@ -70,6 +82,8 @@ from phyrlab.units import U64_MAX
 
 #: ``VIO_CMO_MIN_ENT`` (arch/powerpc/include/asm/vio.h): a CMO device's minimum entitlement.
 VIO_CMO_MIN_ENT = 1562624
+#: parisc ``DMA_CHUNK_SIZE`` = ``BITS_PER_LONG * PAGE_SIZE`` for a 64-bit kernel.
+PARISC_DMA_CHUNK_SIZE = 64 * 4096
 #: ``EMERGENCY_PAGES`` of amd_gart_64.c: reserved at the aperture start.
 GART_EMERGENCY_PAGES = 32
 
@@ -88,7 +102,7 @@ class TableParams:
     align_order_max: int = 0  # arm: align to get_order(size), capped (ARM_DMA_IOMMU_ALIGNMENT)
     bump_on_free: bool = False  # gart/s390: free above the hint moves the hint past it
     last_entry_usable: bool = False  # iommu_area_alloc never hands out the last entry
-    merge: str = "none"  # "vmerge" | "dma_contig" | "classify" | "none"
+    merge: str = "none"  # "vmerge" | "parisc" | "dma_contig" | "classify" | "none"
     size_counts_offset: bool = False  # arm/s390: a chunk's size includes its first offset
     merge_boundary: bool = False  # sparc: a merged segment may not cross the boundary
     bypass: str | None = None  # "per_entry" | "whole" | "window" | None
@@ -143,9 +157,9 @@ ROW_PARAMS: dict[str, TableParams] = {
         entries=65536, dma_base=0x4000_0000, merge="vmerge", bypass="whole",
         flush=frozenset({"unmap_seg"})),
     "ccio_ops": TableParams(
-        entries=65536, dma_base=0, merge="vmerge", flush=frozenset({"unmap_seg"})),
+        entries=65536, dma_base=0, merge="parisc", flush=frozenset({"unmap_seg"})),
     "sba_ops": TableParams(
-        entries=65536, dma_base=0, merge="vmerge", flush=frozenset({"unmap_seg"})),
+        entries=65536, dma_base=0, merge="parisc", flush=frozenset({"unmap_seg"})),
     "jazz_dma_ops": TableParams(
         entries=4096, dma_base=0, alloc="first_fit", last_entry_usable=True,
         flush=frozenset({"alloc"}), sg_errno="EIO"),
@@ -307,7 +321,7 @@ class TableOps(DmaMapOps):
         if base.retry_nonforce and overrides.get("iommu_merge") and "force" not in overrides:
             overrides["force"] = True  # iommu=merge sets force_iommu too (pci-dma.c)
         p = self.p = replace(base, **overrides)
-        if p.merge not in ("vmerge", "dma_contig", "classify", "none"):
+        if p.merge not in ("vmerge", "parisc", "dma_contig", "classify", "none"):
             raise ValueError(f"{self.name}: unknown merge policy {p.merge!r}")
         if p.alloc not in ("next_fit", "first_fit", "ppc_pools"):
             raise ValueError(f"{self.name}: unknown allocator {p.alloc!r}")
@@ -650,6 +664,10 @@ class TableOps(DmaMapOps):
             end = addr + length
             brk = np.ones(n, dtype=bool)
             brk[1:] = ((addr[1:] & io) != 0) | ((end[:-1] & io) != 0) | ~need[1:] | ~need[:-1]
+        elif merge == "parisc":  # iommu_coalesce_chunks: prev_end == sg_start, page aligned
+            end = addr + length
+            brk = np.ones(n, dtype=bool)
+            brk[1:] = (addr[1:] != end[:-1]) | (((end[:-1] | addr[1:]) & _U64(4095)) != 0)
         else:  # classify: physically adjacent, or page-aligned both sides (virt_ok)
             end = addr + length
             phys = addr[1:] == end[:-1]
@@ -659,6 +677,12 @@ class TableOps(DmaMapOps):
         runs = np.flatnonzero(brk).tolist() + [n]
         cs = np.concatenate(([0], np.cumsum(length.astype(np.int64))))
         off0 = (addr & io).astype(np.int64) if self.p.size_counts_offset else None
+        if merge == "parisc":
+            # ALIGN(dma_len + dma_offset + length, IOVP_SIZE) <= cap, i.e. dma_len + length
+            # <= ALIGN_DOWN(cap, IOVP_SIZE) - dma_offset
+            cap = self._parisc_max_seg_size(dev)
+            maxseg = cap // self.p.io_page * self.p.io_page
+            off0 = (addr & io).astype(np.int64)
         out: list[tuple[int, int, bool]] = []
         for a, b in zip(runs[:-1], runs[1:], strict=True):
             pos = a
@@ -669,6 +693,14 @@ class TableOps(DmaMapOps):
                 out.append((pos, j, bool(need[pos])))
                 pos = j
         return out
+
+    @staticmethod
+    def _parisc_max_seg_size(dev: Any) -> int:
+        """``iommu_coalesce_chunks``' chunk limit: ``min(max_seg_size, DMA_CHUNK_SIZE,
+        seg_boundary + 1)``, the boundary term skipped when its ``unsigned int`` wraps to 0."""
+        cap = min(int(getattr(dev, "max_seg_size", 65536)) & 0xFFFF_FFFF, PARISC_DMA_CHUNK_SIZE)
+        boundary = (int(getattr(dev, "seg_boundary_mask", U64_MAX)) + 1) & 0xFFFF_FFFF
+        return min(cap, boundary) if boundary else cap
 
     def _map_sg_chunks(self, dev: Any, addr: np.ndarray, length: np.ndarray,
                        chunks: Sequence[tuple[int, int, bool]], retried: bool = False):
@@ -813,7 +845,7 @@ class TableOps(DmaMapOps):
 
     def get_merge_boundary(self, dev: Any) -> int:
         """Tables that merge across pages report their I/O page size."""
-        return self.p.io_page if self.p.merge in ("vmerge", "classify") else 0
+        return self.p.io_page if self.p.merge in ("vmerge", "parisc", "classify") else 0
 
 
 def _row_params(tp: TableParams) -> dict[str, Any]:
