@@ -159,6 +159,7 @@ def run_length_chart(cols: dict) -> tuple[figure, ColumnDataSource]:
     source = ColumnDataSource(cols)
     fig = figure(width=WIDTH, height=HEIGHT - 60, title="Where the pages sit: pages per run "
                  "length", tools="save,hover", name="runs", x_range=FactorRange(),
+                 y_range=(0, 1),
                  tooltips=[("run length", "@run pages"), ("pages", "@label")])
     fig.vbar(x="run", top="pages", width=0.8, source=source, color="color")
     fig.text("run", "pages", text="label", source=source, text_align="center",
