@@ -271,9 +271,12 @@ def _finalise_sg(pos: np.ndarray, off: np.ndarray, length: np.ndarray, ilen: np.
     cand = np.zeros(n, dtype=bool)
     if n > 1:
         c = cand[1:]
-        np.greater_equal(length[:-1] + off[:-1], ilen[:-1], out=c)   # cur_len kept
-        c &= off[1:] == 0
-        c &= (pos[1:] & _U64(seg_mask)) != 0
+        if off.any():
+            np.greater_equal(length[:-1] + off[:-1], ilen[:-1], out=c)   # cur_len kept
+            c &= off[1:] == 0
+        else:
+            np.greater_equal(length[:-1], ilen[:-1], out=c)
+        c &= (pos[1:] & _U64(seg_mask)) != 0 if seg_mask < U64_MAX else pos[1:] != 0
     starts = np.flatnonzero(~cand)
     gsum = np.add.reduceat(length, starts)
     over = np.flatnonzero(gsum > _U64(max_len))
@@ -370,7 +373,8 @@ def iommu_dma_map_sg(domain: IommuDmaDomain, addr: np.ndarray, length: np.ndarra
     iova = iommu_dma_alloc_iova(domain, (iova_len + g - 1) & ~(g - 1), dma_limit, dev_is_pci)
     pos = rel
     pos += _U64(iova)
-    phys = addr - off
+    aligned = not off.any()
+    phys = addr if aligned else addr - off
     # iommu_map_sg(): one __iommu_map per run of physically contiguous (padded) segments
     joined = phys[:-1] + ilen[:-1]
     cont = phys[1:] == joined

@@ -271,25 +271,27 @@ class PageTable:
             iova, paddr, size = iova[order], paddr[order], size[order]
 
         def bad_run(mask: np.ndarray) -> None:     # error path only: name the first bad run
+            if not mask.any():
+                return
             i = int(np.flatnonzero(mask)[0])
             j = i if order is None else int(order[i])
             self._check_run(f"map_runs[{j}]", int(iova[i]), int(size[i]), int(paddr[i]))
 
-        g = _U64(self.fmt.granule - 1)
-        low = np.bitwise_or(iova, paddr)
-        low |= size
-        low &= g
-        if low.any() or int(size.min()) == 0:
-            bad_run((low != 0) | (size == 0))
-        del low
-        end = iova + size
-        if np.any(end < iova) or int(end.max()) > 1 << self.fmt.ias:
+        # reductions first (no temporaries); the element-wise tests only to name a bad run
+        g = self.fmt.granule - 1
+        low = int(np.bitwise_or.reduce(iova) | np.bitwise_or.reduce(paddr)
+                  | np.bitwise_or.reduce(size))
+        if low & g or int(size.min()) == 0:
+            bad_run((((iova | paddr | size) & _U64(g)) != 0) | (size == 0))
+        top = int(size.max())
+        if int(iova.max()) + top > 1 << self.fmt.ias:
+            end = iova + size
             bad_run((end < iova) | (end > _U64(1 << self.fmt.ias)))
-        pend = paddr + size
-        if np.any(pend < paddr) or int(pend.max()) > 1 << OAS:
+        if int(paddr.max()) + top > 1 << OAS:
+            pend = paddr + size
             bad_run((pend < paddr) | (pend > _U64(1 << OAS)))
-        del pend
-        ov = np.flatnonzero(end[:-1] > iova[1:])
+        end = iova[:-1] + size[:-1]
+        ov = np.flatnonzero(end > iova[1:])
         if ov.size:
             i = int(ov[0])
             raise ValueError(f"map_runs: runs at IOVA {int(iova[i]):#x} and "
