@@ -284,45 +284,43 @@ class PageTable:
         if low & g or int(size.min()) == 0:
             bad_run((((iova | paddr | size) & _U64(g)) != 0) | (size == 0))
         top = int(size.max())
-        if int(iova.max()) + top > 1 << self.fmt.ias:
+        if int(iova[-1]) + top > 1 << self.fmt.ias:                # sorted: iova[-1] is max
             end = iova + size
             bad_run((end < iova) | (end > _U64(1 << self.fmt.ias)))
         if int(paddr.max()) + top > 1 << OAS:
             pend = paddr + size
             bad_run((pend < paddr) | (pend > _U64(1 << OAS)))
-        end = iova[:-1] + size[:-1]
-        ov = np.flatnonzero(end > iova[1:])
+        end = iova + size
+        ov = np.flatnonzero(end[:-1] > iova[1:])
         if ov.size:
             i = int(ov[0])
             raise ValueError(f"map_runs: runs at IOVA {int(iova[i]):#x} and "
                              f"{int(iova[i + 1]):#x} overlap")
-        del end
-        return self._map_runs(iova, paddr, size)
+        return self._map_runs(iova, paddr, size, end)
 
     def _decompose(self, iova, paddr, size):
         """``iommu_pgsize()`` applied greedily to each run, as leaf segments in IOVA order.
 
-        Returns (lo, count, lvl, pa) per segment: ``count`` (uint64) leaves of level ``lvl``'s
-        size (int8) starting at IOVA ``lo`` and physical ``pa``. ``lo``/``pa`` may be the input
-        arrays themselves: read them, never write them.
+        Returns (lo, nbytes, lvl, pa) per segment: ``nbytes`` (uint64) of leaves of level
+        ``lvl``'s size (int8) starting at IOVA ``lo`` and physical ``pa``. In the common case
+        (no larger leaf anywhere) these are the input arrays themselves: read, never write.
         """
         levels = sorted(self.fmt.leaf_levels, reverse=True)   # smallest leaf first
         sizes = [1 << self._shift[lv] for lv in levels]
         n = iova.size
-        sh0 = _U64(self._shift[levels[0]])
         if len(sizes) == 1 or int(size.max()) < sizes[1]:
             # no run can hold an aligned block of the next leaf size: iommu_pgsize() picks the
             # smallest leaf all along, one segment per run
-            return iova, size >> sh0, np.full(n, levels[0], np.int8), paddr
+            return iova, size, np.full(n, levels[0], np.int8), paddr
         m1 = _U64(sizes[1] - 1)
         big = ((iova ^ paddr) & m1) == 0              # V[1] below: a larger leaf fits somewhere
         big &= ((iova + m1) & ~m1) < ((iova + size) & ~m1)
         c = np.flatnonzero(big)
         if c.size == 0:
-            return iova, size >> sh0, np.full(n, levels[0], np.int8), paddr
+            return iova, size, np.full(n, levels[0], np.int8), paddr
         if c.size == n:
             return self._decompose_big(iova, paddr, size, levels)[:4]
-        lo_c, cnt_c, lvl_c, pa_c, nseg_c = self._decompose_big(iova[c], paddr[c], size[c], levels)
+        lo_c, nb_c, lvl_c, pa_c, nseg_c = self._decompose_big(iova[c], paddr[c], size[c], levels)
         # interleave: runs without a larger leaf give one segment, the others nseg_c each
         nseg = np.ones(n, dtype=np.int64)
         nseg[c] = nseg_c
@@ -330,18 +328,18 @@ class PageTable:
         total = int(offs[-1])
         offs -= nseg
         lo = np.empty(total, dtype=_U64)
-        count = np.empty(total, dtype=_U64)
+        nbytes = np.empty(total, dtype=_U64)
         lvl = np.full(total, levels[0], dtype=np.int8)
         pa = np.empty(total, dtype=_U64)
         small = ~big
         at = offs[small]
         lo[at] = iova[small]
-        count[at] = size[small] >> sh0
+        nbytes[at] = size[small]
         pa[at] = paddr[small]
         first = np.cumsum(nseg_c) - nseg_c
         at = np.repeat(offs[c] - first, nseg_c) + np.arange(lo_c.size)
-        lo[at], count[at], lvl[at], pa[at] = lo_c, cnt_c, lvl_c, pa_c
-        return lo, count, lvl, pa
+        lo[at], nbytes[at], lvl[at], pa[at] = lo_c, nb_c, lvl_c, pa_c
+        return lo, nbytes, lvl, pa
 
     def _decompose_big(self, iova, paddr, size, levels):
         """The general ``iommu_pgsize()`` cut: head and tail of each leaf size per run.
@@ -350,7 +348,7 @@ class PageTable:
         up / end rounded down to the size; the size is usable (``V[k]``) when iova and paddr
         agree below it and ``A[k] < B[k]``. The run is ``[A0, A1) [A1, A2) .. [A(K-1), B(K-1))
         .. [B2, B1) [B1, B0)`` with unusable sizes folded into the next smaller one.
-        Also returns the number of segments per run.
+        Returns (lo, nbytes, lvl, pa) per segment and the number of segments per run.
         """
         sizes = [1 << self._shift[lv] for lv in levels]
         K = len(sizes)
@@ -385,12 +383,10 @@ class PageTable:
         keep = hi > lo
         nseg = keep.reshape(iova.size, len(cols)).sum(axis=1)
         lo, hi, kk, delta = lo[keep], hi[keep], kk[keep], delta[keep]
-        shifts = np.array([self._shift[lv] for lv in levels], dtype=_U64)[kk]
-        count = (hi - lo) >> shifts
         lvl = np.array(levels, dtype=np.int8)[kk]
-        return lo, count, lvl, lo + delta, nseg
+        return lo, hi - lo, lvl, lo + delta, nseg
 
-    def _busy_leaf_iova(self, level, lo, count, prefixes, pools) -> int:
+    def _busy_leaf_iova(self, level, lo, nbytes, prefixes, pools) -> int:
         """Error path of ``_map_runs``: the IOVA to name for a leaf target already in use.
 
         Scans (segment, table) chunks of the segments at ``level`` in IOVA order: a wholly
@@ -399,7 +395,7 @@ class PageTable:
         sh, b = self._shift[level], self._bits[level]
         emask = (1 << b) - 1
         g0 = (lo >> _U64(sh)).astype(np.int64)
-        g1 = g0 + count.astype(np.int64) - 1
+        g1 = g0 + (nbytes >> _U64(sh)).astype(np.int64) - 1
         t0, t1 = g0 >> b, g1 >> b
         nt = t1 - t0 + 1
         t = _expand(t0, nt)
@@ -417,20 +413,17 @@ class PageTable:
         gi = _expand(gs[part], n[part])
         return int(gi[np.flatnonzero(ent != 0)[0]]) << sh
 
-    def _map_runs(self, iova, paddr, size) -> int:
+    def _map_runs(self, iova, paddr, size, end=None) -> int:
         """Plan (walk, find tables to allocate, refuse live entries), allocate, then write.
 
         Leaves are handled per (IOVA-contiguous stretch of same-size segments, table) chunk,
         never per segment or per leaf: a table a stretch covers whole is written as one row.
         """
         f = self.fmt
-        lo, count, lvl, pa = self._decompose(iova, paddr, size)
+        lo, nbytes, lvl, pa = self._decompose(iova, paddr, size)
         nseg = lo.size
         lv_min, lv_max = int(lvl.min()), int(lvl.max())
-        shifts = np.asarray(self._shift, dtype=_U64)
-        hi = count.copy()                              # segment ends: lo + count * leaf size
-        hi <<= shifts[lv_min] if lv_min == lv_max else shifts[lvl]
-        hi += lo
+        hi = end if lo is iova and end is not None else lo + nbytes     # segment ends
         join = np.zeros(nseg, dtype=bool)              # segment i starts where i - 1 ends
         np.equal(hi[:-1], lo[1:], out=join[1:])
         whole = None
@@ -524,7 +517,7 @@ class PageTable:
                 flat = _expand(tpool[part] * self._W + slot0[part], n[part])
                 if busy or np.any(self._pte.reshape(-1)[flat] != 0):
                     seg = slice(None) if sel is None else sel
-                    at = self._busy_leaf_iova(level, lo[seg], count[seg], prefixes[level],
+                    at = self._busy_leaf_iova(level, lo[seg], nbytes[seg], prefixes[level],
                                               pools[level])
                     raise ValueError(f"map: IOVA {at:#x} is already mapped ({f.name})")
             leaf_plan.append((level, sel, tpos, slot0, n, k0))
@@ -554,9 +547,10 @@ class PageTable:
             sz = 1 << self._shift[level]
             E = 1 << self._bits[level]
             pa_l = pa if sel is None else pa[sel]
-            cnt_l = count if sel is None else count[sel]
+            nb_l = nbytes if sel is None else nbytes[sel]
             # physical address of every leaf of this size, in IOVA order
-            src = pa_l if int(cnt_l.max()) == 1 else _expand(pa_l, cnt_l, sz)
+            src = pa_l if int(nb_l.max()) == sz else _expand(
+                pa_l, nb_l >> _U64(self._shift[level]), sz)
             full = n == E                             # whole tables: write rows at once
             if full.any():
                 rows, kf = tpool[full], k0[full]
