@@ -69,7 +69,6 @@ are not modelled; flushes are counted, not timed (see :mod:`phyrlab.cost`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -298,7 +297,14 @@ class _SgCookie:
 
 
 class TableOps(DmaMapOps):
-    """A ``dma_map_ops`` over one :class:`IommuTable` (see the module docstring)."""
+    """A ``dma_map_ops`` over one :class:`IommuTable` (see the module docstring).
+
+    ``batch`` (default True): decide runs of entries with array operations where the
+    answer is the per-entry one (see :meth:`_chunks`, :meth:`_alloc_batch`); False takes
+    the per-entry path, which tests compare it with.
+    """
+
+    batch: bool = True
 
     def __init__(self, entry: OpsEntry | None = None, table: TableParams | None = None,
                  **params: Any):
@@ -433,6 +439,125 @@ class TableOps(DmaMapOps):
         self.table.free(index, npages)
         self._after_free(index, npages)
 
+    def _alloc_seq(self, dev: Any, pages: np.ndarray) -> np.ndarray:
+        """``_alloc`` of ``pages[0]``, ``pages[1]``... in order, stopping at the first that
+        fails; the table indices of those that succeeded.
+
+        With :attr:`batch`, runs of allocations that the kernel's search would place back to
+        back (each at the hint, in free space, crossing no boundary, unaligned) are decided
+        at once; every other allocation takes the per-entry path. Counters, hints, flushes
+        and fault-injection calls are those of the per-entry loop.
+        """
+        pages = np.asarray(pages, dtype=np.int64)
+        k = len(pages)
+        out = np.empty(k, dtype=np.int64)
+        i, w = 0, 64
+        per_entry = not self.batch or self.p.alloc == "ppc_pools"
+        while i < k:
+            if not per_entry:
+                part = pages[i:i + w]
+                m, faulted = self._alloc_run(dev, part, out[i:i + w])
+                i += m
+                if faulted:
+                    return out[:i]
+                if m == len(part):
+                    w = min(4 * w, 1 << 16)
+                    continue
+                w = 64
+            idx = self._alloc(dev, int(pages[i]))
+            if idx < 0:
+                return out[:i]
+            out[i] = idx
+            i += 1
+        return out
+
+    def _alloc_run(self, dev: Any, pages: np.ndarray, out: np.ndarray) -> tuple[int, bool]:
+        """Place the longest prefix of ``pages`` that the allocator puts back to back from
+        its hint: how many were placed (their indices in ``out``), and whether the next
+        one failed by fault injection."""
+        p, t = self.p, self.table
+        limit = self._limit(dev)
+        size = min(limit, t.size)
+        top = size if t.last_entry_usable else size - 1
+        if p.alloc == "first_fit":
+            c = t.low_free
+        else:
+            c = max(self.next_bit, t.low_free)
+        ends = c + np.cumsum(pages)
+        starts = ends - pages
+        hi = min(top, int(ends[-1]))
+        if hi <= c:
+            return 0, False
+        used = np.flatnonzero(t.map[c:hi])
+        room = c + int(used[0]) if len(used) else hi
+        ok = (ends <= room) & (pages > 0)
+        boundary = self._boundary(dev)
+        shift = p.dma_base >> p.io_page_shift
+        ok &= ((shift + starts) & (boundary - 1)) + pages <= boundary
+        if p.alloc == "first_fit" and p.align_order_max:
+            # order = fls(npages - 1), capped: the run must start aligned to it
+            order = np.zeros(len(pages), dtype=np.int64)
+            v = pages - 1
+            while v.any():
+                order += v > 0
+                v >>= 1
+            align = (np.int64(1) << np.minimum(order, p.align_order_max)) - 1
+            ok &= (starts & align) == 0
+        bad = np.flatnonzero(~ok)
+        m = int(bad[0]) if len(bad) else len(pages)
+        faulted = False
+        for j in range(m):  # the fault point is asked once per allocation, as per entry
+            if should_fail("iommu_area_alloc"):
+                m, faulted = j, True
+                break
+        if m == 0:
+            return 0, faulted
+        e = int(ends[m - 1])
+        t.map[c:e] = True
+        if t.low_free == c:
+            t.low_free = e
+        self.count("iova_allocs", m)
+        out[:m] = starts[:m]
+        if "alloc" in p.flush:
+            self.count("iotlb_flushes", m)
+        if "map_call" in p.flush:
+            self.need_flush = True
+        if p.alloc == "next_fit":
+            self.next_bit = e
+            if self.next_bit >= p.entries:
+                self.next_bit = 0
+                self._wrap()
+        return m, faulted
+
+    def _free_seq(self, index: np.ndarray, npages: np.ndarray) -> None:
+        """``_free`` of each ``(index[i], npages[i])`` in order (the unwind of a map)."""
+        if not self.batch:
+            for i0, n0 in zip(index.tolist(), npages.tolist(), strict=True):
+                self._free(i0, n0)
+            return
+        if len(index):
+            total = int(npages.sum())
+            rel = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(npages) - npages, npages)
+            self.table.free_slots(np.repeat(index, npages) + rel)
+            self._after_free_seq(index, npages)
+
+    def _after_free_seq(self, index: np.ndarray, npages: np.ndarray) -> None:
+        """``_after_free`` of each entry in order (the hint only moves up: scalar loop)."""
+        bump = self.p.bump_on_free
+        alpha = (self.p.alloc == "next_fit" and "wrap" in self.p.flush
+                 and self.p.merge == "classify")
+        if not (bump or alpha):
+            return
+        nb, flushes = self.next_bit, 0
+        for i0, n0 in zip(index.tolist(), npages.tolist(), strict=True):
+            if bump and i0 >= nb:
+                nb = i0 + n0
+            if alpha and i0 >= nb:
+                flushes += 1
+        self.next_bit = nb
+        if flushes:
+            self.count("iotlb_flushes", flushes)
+
     def _after_free(self, index: int, npages: int) -> None:
         if self.p.bump_on_free and index >= self.next_bit:
             self.next_bit = index + npages
@@ -507,6 +632,13 @@ class TableOps(DmaMapOps):
     def _in_window(self, dev: Any, paddr: int, size: int) -> bool:
         wbase, wsize = self.p.window
         return wsize > 0 and paddr + size <= wsize and paddr + size + wbase - 1 <= dma_limit(dev)
+
+    def _in_window_array(self, dev: Any, paddr: np.ndarray, size: np.ndarray) -> np.ndarray:
+        """:meth:`_in_window` of every element."""
+        wbase, wsize = self.p.window
+        end = paddr + size
+        ok = end <= _U64(wsize)
+        return ok & (np.where(ok, end, 0) + _U64(wbase) - _U64(1) <= _U64(dma_limit(dev)))
 
     def _bypass_one(self, dev: Any, paddr: int, size: int) -> int | None:
         b = self.p.bypass
@@ -649,8 +781,10 @@ class TableOps(DmaMapOps):
         return (addr + length - _U64(1)) > _U64(dma_limit(dev))
 
     def _chunks(self, dev: Any, addr: np.ndarray, length: np.ndarray
-                ) -> list[tuple[int, int, bool]]:
-        """``(first, end, translate)`` runs of input entries that become one DMA segment."""
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(first, end, translate)`` arrays: runs of input entries that become one DMA
+        segment. Mergeable runs are cut greedily at the segment budget (``max_seg_size``,
+        less the first entry's offset where the row counts it)."""
         n = len(addr)
         maxseg = int(getattr(dev, "max_seg_size", 65536))
         io = _U64(self.p.io_page - 1)
@@ -674,8 +808,6 @@ class TableOps(DmaMapOps):
             virt = ((end[:-1] | addr[1:]) & io) == 0
             brk = np.ones(n, dtype=bool)
             brk[1:] = ~(phys | virt)
-        runs = np.flatnonzero(brk).tolist() + [n]
-        cs = np.concatenate(([0], np.cumsum(length.astype(np.int64))))
         off0 = (addr & io).astype(np.int64) if self.p.size_counts_offset else None
         if merge == "parisc":
             # ALIGN(dma_len + dma_offset + length, IOVP_SIZE) <= cap, i.e. dma_len + length
@@ -683,16 +815,61 @@ class TableOps(DmaMapOps):
             cap = self._parisc_max_seg_size(dev)
             maxseg = cap // self.p.io_page * self.p.io_page
             off0 = (addr & io).astype(np.int64)
-        out: list[tuple[int, int, bool]] = []
+        starts = np.flatnonzero(brk)
+        if len(starts) == n:  # every entry is its own run, so its own chunk
+            first = np.arange(n, dtype=np.int64)
+            return first, first + 1, need.copy()
+        if not self.batch:
+            return self._chunks_per_run(starts, length, maxseg, off0, need)
+        cs = np.concatenate(([0], np.cumsum(length.astype(np.int64))))
+        ends = np.append(starts[1:], n)
+        budget = maxseg - (off0[starts] if off0 is not None else 0)
+        # one chunk when the run fits its budget (or has one entry); the greedy cut's
+        # first step then ends at the run's end
+        split = (cs[ends] > cs[starts] + budget) & (ends - starts > 1)
+        is_first = np.zeros(n, dtype=bool)
+        is_first[starts] = True
+        sr = np.flatnonzero(split)
+        if len(sr):
+            # every position inside a run to cut: where a chunk starting there would end
+            la, lb = starts[sr], ends[sr]
+            cnt = lb - la
+            pos = np.repeat(la - np.cumsum(cnt) + cnt, cnt) + np.arange(int(cnt.sum()))
+            run_end = np.repeat(lb, cnt)
+            bud = maxseg - (off0[pos] if off0 is not None else 0)
+            j = np.searchsorted(cs, cs[pos] + bud, side="right") - 1
+            j = np.minimum(np.maximum(j, pos + 1), run_end)
+            nxt = np.zeros(n + 1, dtype=np.int64)
+            nxt[pos] = j
+            nl = nxt.tolist()
+            cut: list[int] = []
+            for a, b in zip(la.tolist(), lb.tolist(), strict=True):
+                p = nl[a]
+                while p < b:  # the greedy cut follows its own chain: one step a chunk
+                    cut.append(p)
+                    p = nl[p]
+            is_first[np.array(cut, dtype=np.int64)] = True
+        first = np.flatnonzero(is_first)
+        return first, np.append(first[1:], n), need[first]
+
+    def _chunks_per_run(self, starts: np.ndarray, length: np.ndarray, maxseg: int,
+                        off0: np.ndarray | None, need: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The greedy cut chunk by chunk (the reference :meth:`_chunks` is checked against)."""
+        n = len(length)
+        runs = starts.tolist() + [n]
+        cs = np.concatenate(([0], np.cumsum(length.astype(np.int64))))
+        out: list[int] = []
         for a, b in zip(runs[:-1], runs[1:], strict=True):
             pos = a
             while pos < b:
                 budget = maxseg - (int(off0[pos]) if off0 is not None else 0)
                 j = int(np.searchsorted(cs, cs[pos] + budget, side="right")) - 1
                 j = min(max(j, pos + 1), b)
-                out.append((pos, j, bool(need[pos])))
+                out.append(pos)
                 pos = j
-        return out
+        first = np.array(out, dtype=np.int64)
+        return first, np.append(first[1:], n), need[first]
 
     @staticmethod
     def _parisc_max_seg_size(dev: Any) -> int:
@@ -703,15 +880,14 @@ class TableOps(DmaMapOps):
         return min(cap, boundary) if boundary else cap
 
     def _map_sg_chunks(self, dev: Any, addr: np.ndarray, length: np.ndarray,
-                       chunks: Sequence[tuple[int, int, bool]], retried: bool = False):
+                       chunks: tuple[np.ndarray, np.ndarray, np.ndarray],
+                       retried: bool = False):
         """Allocate one table run per chunk (``dma_map_cont`` / ``sg_fill`` /
         ``__map_sg_chunk``), then write every PTE in one array operation."""
         io = self.p.io_page
         io_mask = _U64(io - 1)
-        k = len(chunks)
-        first = np.fromiter((c[0] for c in chunks), dtype=np.int64, count=k)
-        ends = np.fromiter((c[1] for c in chunks), dtype=np.int64, count=k)
-        translate = np.fromiter((c[2] for c in chunks), dtype=bool, count=k)
+        first, ends, translate = chunks
+        k = len(first)
         end_addr = addr + length
         # sub-runs: physically contiguous pieces of a chunk share their boundary pages
         sub = np.zeros(len(addr), dtype=bool)
@@ -730,35 +906,40 @@ class TableOps(DmaMapOps):
         tr = np.zeros(k, dtype=bool)
         idx_of = np.full(k, -1, dtype=np.int64)
         window = self.p.merge == "classify" and self.p.window[1] > 0
-        taken: list[tuple[int, int]] = []
-        for c in np.flatnonzero(translate).tolist():
-            if window and chunk_subs[c] == 1 and self._in_window(dev, int(p0[c]), int(seg_len[c])):
-                dma[c] = p0[c] + _U64(self.p.window[0])
-                continue
+        # chunks that need a table run, in order: alpha's window maps a physically
+        # contiguous chunk directly (a pure address test); GART refuses beyond max_phys
+        tc = np.flatnonzero(translate)
+        if window and len(tc):
+            win = (chunk_subs[tc] == 1) & self._in_window_array(dev, p0[tc], seg_len[tc])
+            dma[tc[win]] = p0[tc[win]] + _U64(self.p.window[0])
+            tc = tc[~win]
+        stop = len(tc)
+        if self.p.max_phys and len(tc):
+            beyond = np.flatnonzero(end_addr[ends[tc] - 1] > _U64(self.p.max_phys))
+            stop = int(beyond[0]) if len(beyond) else stop
+        got = self._alloc_seq(dev, chunk_pages[tc[:stop]])
+        taken = tc[:len(got)]
+        if len(got) < len(tc):
+            c = int(tc[len(got)])
             npages = int(chunk_pages[c])
-            if self.p.max_phys and int(end_addr[ends[c] - 1]) > self.p.max_phys:
-                idx = -1
-            else:
-                idx = self._alloc(dev, npages)
-            if idx < 0:
-                self.count("pte_writes", 2 * sum(n for _, n in taken))  # written, then cleared
-                for i0, n0 in taken:
-                    self._free(i0, n0)
-                self._flush_gart()
-                if self.p.retry_nonforce and not retried and (self.p.force or self.p.iommu_merge):
-                    per = [(i, i + 1, bool(x)) for i, x in
-                           enumerate(self._need_nonforce(dev, addr, length))]
-                    return self._map_sg_chunks(dev, addr, length, per, retried=True)
-                a, b = int(first[c]), int(ends[c])
-                raise DmaMappingError(
-                    self.p.sg_errno, f"{self.name}: map_sg: no room for {npages} I/O pages "
-                    f"at DMA segment {c} (input entries {a}..{b - 1}); "
-                    f"{self.table.in_use()} of {self.p.entries} entries in use")
-            taken.append((idx, npages))
-            idx_of[c] = idx
-            tr[c] = True
-            dma[c] = _U64(self.p.dma_base + (idx << self.p.io_page_shift)) + (p0[c] & io_mask)
-        if taken:
+            tp = chunk_pages[taken]
+            self.count("pte_writes", 2 * int(tp.sum()))  # written, then cleared
+            self._free_seq(got, tp)
+            self._flush_gart()
+            if self.p.retry_nonforce and not retried and (self.p.force or self.p.iommu_merge):
+                one = np.arange(len(addr), dtype=np.int64)
+                per = (one, one + 1, self._need_nonforce(dev, addr, length))
+                return self._map_sg_chunks(dev, addr, length, per, retried=True)
+            a, b = int(first[c]), int(ends[c])
+            raise DmaMappingError(
+                self.p.sg_errno, f"{self.name}: map_sg: no room for {npages} I/O pages "
+                f"at DMA segment {c} (input entries {a}..{b - 1}); "
+                f"{self.table.in_use()} of {self.p.entries} entries in use")
+        idx_of[taken] = got
+        tr[taken] = True
+        dma[taken] = (_U64(self.p.dma_base) + (got.astype(np.uint64) << _U64(self.p.io_page_shift))
+                      + (p0[taken] & io_mask))
+        if len(taken):
             # table index of each sub-run: its chunk's base plus the pages before it
             s_tr = tr[sub_chunk]
             before = np.cumsum(sub_pages) - sub_pages

@@ -1,0 +1,222 @@
+"""The batched hot paths give exactly what the per-entry paths give.
+
+``TableOps.batch`` and ``IoTlbMem.batch`` switch between the array-at-once decisions and the
+per-entry transcription of the kernel's loops (``iommu_area_alloc`` one run at a time, the
+greedy chunk cut one chunk at a time, ``swiotlb_search_pool_area`` over every candidate
+slot). The per-entry paths are what tests/test_dma_families.py and tests/test_dma_swiotlb.py
+hold to the kernel's worked examples; here random inputs, table states, device limits and
+injected faults must give the same DMA lists, errnos, messages, counters, table entries,
+hints and slots either way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from phyrlab import faults
+from phyrlab.dma.device import Device
+from phyrlab.dma.ops import OPS
+from phyrlab.dma.swiotlb import IO_TLB_SIZE, IoTlbMem
+from phyrlab.errors import DmaMappingError
+from phyrlab.units import DMA_BIT_MASK, PAGE_SIZE, ULONG_MAX
+
+U = np.uint64
+SINGLE = sorted(n for n, e in OPS.items() if e.family == "single_level")
+# no shrinking: a failing example is printed as drawn (shrinking these takes minutes)
+SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
+                    phases=[Phase.explicit, Phase.generate],
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.data_too_large])
+
+
+@pytest.fixture(autouse=True)
+def _reset_faults():
+    faults.reset()
+    yield
+    faults.reset()
+
+
+@st.composite
+def range_lists(draw, max_n: int = 120):
+    """Entries that are contiguous with the previous one, page aligned elsewhere, or at an
+    offset; 1 byte to a few pages long; above or below 4 GiB."""
+    n = draw(st.integers(1, max_n))
+    base = draw(st.sampled_from([0x1_0000_0000, 0x10_0000, 0x3F00_0000, 0x100_0000_0000]))
+    kinds = draw(st.lists(st.sampled_from("cpo"), min_size=n, max_size=n))
+    sizes = draw(st.lists(st.sampled_from([1, 512, 2048, 4096, 8192, 12288, 4096 * 17,
+                                           65536, 3000]), min_size=n, max_size=n))
+    gaps = draw(st.lists(st.integers(1, 64), min_size=n, max_size=n))
+    offs = draw(st.lists(st.integers(1, 4095), min_size=n, max_size=n))
+    addr, length, pos = [], [], base
+    for i in range(n):
+        if kinds[i] == "c" and i:
+            a = pos
+        else:
+            a = ((pos + PAGE_SIZE - 1) // PAGE_SIZE + gaps[i]) * PAGE_SIZE
+            if kinds[i] == "o":
+                a += offs[i]
+        addr.append(a)
+        length.append(sizes[i])
+        pos = a + sizes[i]
+    return np.array(addr, U), np.array(length, U)
+
+
+device_limits = st.fixed_dictionaries({
+    "dma_mask": st.sampled_from([DMA_BIT_MASK(32), DMA_BIT_MASK(40), DMA_BIT_MASK(64)]),
+    "max_seg_size": st.sampled_from([4096, 65536, 1 << 20]),
+    "seg_boundary_mask": st.sampled_from([ULONG_MAX, 0xFFFF, 0xF_FFFF]),
+})
+
+
+def _table_state(ops) -> tuple:
+    t = ops.table
+    return (t.map.tobytes(), t.ptes.tobytes(), t.low_free, ops.next_bit, ops.need_flush,
+            [(p.start, p.end, p.hint) for p in ops.pools], ops.cmo_allocated,
+            ops.excess_free, dict(ops.stats))
+
+
+def _drive_table(name: str, params: dict, limits: dict, lists, unmap_every: int,
+                 fault_nth: int, batch: bool) -> list:
+    """Map every list in turn (unmapping some), with an ``iommu_area_alloc`` fault armed;
+    everything observable after each step."""
+    faults.reset()
+    dev = Device(name, ops_params=params, **limits)
+    ops = dev.ops
+    ops.batch = batch
+    seen, live = [], []
+    for k, (addr, length) in enumerate(lists):
+        try:
+            if fault_nth and k == len(lists) - 1:
+                with faults.inject("iommu_area_alloc", nth=fault_nth):
+                    dma, dlen, cookie = ops.map_sg(dev, addr, length, "bidirectional")
+            else:
+                dma, dlen, cookie = ops.map_sg(dev, addr, length, "bidirectional")
+            live.append((dma, dlen, cookie))
+            seen.append(("ok", dma.tobytes(), dlen.tobytes(), cookie.translated.tobytes()))
+        except DmaMappingError as exc:
+            seen.append(("err", exc.errno, str(exc)))
+        if unmap_every and live and k % unmap_every == 0:
+            dma, dlen, cookie = live.pop(0)
+            ops.unmap_sg(dev, dma, dlen, "bidirectional", cookie)
+        seen.append(_table_state(ops))
+        seen.append(dict(faults.stats.calls))
+    for dma, dlen, cookie in live:
+        ops.unmap_sg(dev, dma, dlen, "bidirectional", cookie)
+    seen.append(_table_state(ops))
+    return seen
+
+
+@pytest.mark.parametrize("name", SINGLE)
+@SETTINGS
+@given(lists=st.lists(range_lists(), min_size=1, max_size=4), limits=device_limits,
+       entries=st.sampled_from([64, 256, 4096]), unmap_every=st.integers(0, 2),
+       fault_nth=st.integers(0, 40))
+def test_table_map_sg_batched_equals_per_entry(name, lists, limits, entries, unmap_every,
+                                               fault_nth):
+    params = {"entries": entries}
+    if name == "alpha_pci_ops":
+        params["window"] = (0x4000_0000, 0x4000_0000)
+    batched = _drive_table(name, params, limits, lists, unmap_every, fault_nth, True)
+    per_entry = _drive_table(name, params, limits, lists, unmap_every, fault_nth, False)
+    assert batched == per_entry
+
+
+@pytest.mark.parametrize("name", ["jazz_dma_ops", "sba_ops", "gart_dma_ops", "alpha_pci_ops",
+                                  "iommu_ops", "sbus_iommu_dma_gflush_ops"])
+@pytest.mark.parametrize("high", [False, True])
+def test_table_fills_identically_at_scale(name, high):
+    """20,000 scattered pages: the table fills (or the device bypasses) the same way."""
+    rng = np.random.default_rng(7)
+    base = 0x1_0000_0000 if high else 0x10_0000
+    pfn = np.sort(rng.choice(1 << 22, 20_000, replace=False))
+    addr = (U(base) + pfn.astype(U) * U(PAGE_SIZE))
+    length = np.full(len(addr), PAGE_SIZE, U)
+    length[::7] = 1000
+    out = [_drive_table(name, {}, {"dma_mask": DMA_BIT_MASK(32)}, [(addr, length)], 0, 0, b)
+           for b in (True, False)]
+    assert out[0] == out[1]
+
+
+@SETTINGS
+@given(n=st.integers(1, 400), maxseg=st.sampled_from([4096, 10000, 65536, 1 << 18]),
+       seed=st.integers(0, 2**32 - 1),
+       name=st.sampled_from(["ccio_ops", "iommu_ops", "alpha_pci_ops", "sba_dma_ops"]))
+def test_chunk_cut_batched_equals_per_run(n, maxseg, seed, name):
+    """Long mergeable runs with offsets: the greedy cut, run at once or chunk by chunk."""
+    rng = np.random.default_rng(seed)
+    length = rng.choice([512, 4096, 8192, 3000, 70000], n).astype(U)
+    contiguous = rng.random(n) < 0.8
+    addr = np.empty(n, U)
+    pos = 0x1_0000_0000 + int(rng.integers(0, 4096))
+    for i in range(n):
+        if not contiguous[i]:
+            pos = (pos // PAGE_SIZE + int(rng.integers(1, 9))) * PAGE_SIZE
+        addr[i] = pos
+        pos += int(length[i])
+    dev = Device(name, dma_mask=DMA_BIT_MASK(64), max_seg_size=maxseg)
+    ops = dev.ops
+    got = ops._chunks(dev, addr, length)
+    ops.batch = False
+    want = ops._chunks(dev, addr, length)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert int(got[1][-1]) == n and (got[1][:-1] == got[0][1:]).all()
+
+
+# ------------------------------------------------------------------------------- swiotlb
+def _pool_state(mem: IoTlbMem) -> tuple:
+    return tuple(a.tobytes() for a in mem.snapshot()) + (
+        mem.area_index.tobytes(), dict(mem.stats), tuple(mem.warnings))
+
+
+def _drive_pool(ops_list, mem_kw: dict, dev_kw: dict, fault_nth: int, batch: bool) -> list:
+    faults.reset()
+    mem = IoTlbMem(**mem_kw)
+    mem.batch = batch
+    dev = Device(None, swiotlb=mem, **dev_kw)
+    seen, live = [], []
+    for k, (paddr, size, align, free_first) in enumerate(ops_list):
+        if free_first and live:
+            tlb, sz = live.pop(free_first % len(live))
+            mem.tbl_unmap_single(dev, tlb, sz, "bidirectional")
+        mem.cpu = k
+        try:
+            if fault_nth and k == fault_nth:
+                with faults.inject("swiotlb_slot"):
+                    tlb = mem.tbl_map_single(dev, paddr, size, size, align, "to_device")
+            else:
+                tlb = mem.tbl_map_single(dev, paddr, size, size, align, "to_device")
+            live.append((tlb, size))
+            seen.append(("ok", tlb))
+        except DmaMappingError as exc:
+            seen.append(("err", exc.errno, str(exc)))
+        seen.append(_pool_state(mem))
+    seen.append(dict(faults.stats.calls))
+    return seen
+
+
+swiotlb_ops = st.lists(st.tuples(
+    st.integers(0, 1 << 34).map(lambda a: a if a % 3 else 0),
+    st.sampled_from([1, 100, 2048, 2049, 4096, 5000, 16384, 65536, 131072, 262144]),
+    st.sampled_from([0, 0, PAGE_SIZE - 1, 0xFFFF]),
+    st.integers(0, 3)), min_size=1, max_size=60)
+
+
+@SETTINGS
+@given(ops_list=swiotlb_ops,
+       size=st.sampled_from([IO_TLB_SIZE * 128 * 2, IO_TLB_SIZE * 128 * 8, 1 << 22]),
+       nareas=st.sampled_from([1, 2, 4]),
+       start=st.sampled_from([0x6000_0000, 0x6000_0000 + PAGE_SIZE, 0x6001_0800 - 0x800]),
+       dev_kw=st.fixed_dictionaries({
+           "min_align_mask": st.sampled_from([0, 0xFFF, 0x7FF, 0x3FFF]),
+           "seg_boundary_mask": st.sampled_from([ULONG_MAX, 0xFFFF, 0x1_FFFF]),
+           "dma_mask": st.just(DMA_BIT_MASK(64))}),
+       fault_nth=st.integers(0, 30))
+def test_swiotlb_batched_equals_per_entry(ops_list, size, nareas, start, dev_kw, fault_nth):
+    mem_kw = {"size": size, "nareas": nareas, "start": start}
+    batched = _drive_pool(ops_list, mem_kw, dev_kw, fault_nth, True)
+    per_entry = _drive_pool(ops_list, mem_kw, dev_kw, fault_nth, False)
+    assert batched == per_entry
