@@ -31,6 +31,7 @@ SITE_PAGES: dict[str, str] = {
     "02-cpu-dma-split": "phyrlab.site.dma_split:site_page",
     "03-iommu-page-tables": "phyrlab.site.iommu:site_page",
     "04-mapping-backends": "phyrlab.site.backends:site_page",
+    "05-p2p-checks": "phyrlab.site.pci:site_page",
     "06-two-step-api": "phyrlab.site.twostep:site_page",
 }
 
