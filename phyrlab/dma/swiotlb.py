@@ -101,7 +101,12 @@ class IoTlbMem:
     aligned to a segment, rounded up to a power of two when there are several areas);
     ``nareas``: rounded up to a power of two then limited to one segment each
     (``limit_nareas``); ``cpu``: the CPU the next mapping runs on (picks the first area).
+    ``batch`` (default True): test candidate slots in growing windows and stop at the first
+    fit; False tests every candidate of the area first (the per-entry reference the tests
+    compare with). Both return the kernel's slot.
     """
+
+    batch: bool = True
 
     def __init__(self, size: int = IO_TLB_DEFAULT_SIZE, *, start: int = DEFAULT_START,
                  nareas: int = 1, force_bounce: bool = False, cpu: int = 0):
@@ -167,9 +172,10 @@ class IoTlbMem:
         return start + (idx << IO_TLB_SHIFT)
 
     # -- slot search ------------------------------------------------------------------------
-    def _candidates(self, index: int, stride: int, align_mask: int, target: int,
-                    base_addr: int, check_align: bool) -> np.ndarray:
-        """Area-relative slot indices the kernel's loop tests for space, in its order.
+    def _candidate_runs(self, index: int, stride: int, align_mask: int, target: int,
+                        base_addr: int) -> list[tuple[int, int]]:
+        """Area-relative slots the kernel's loop tests for space, in its order, as
+        ``(first, count)`` runs spaced ``stride`` apart.
 
         The loop steps by one over slots whose address does not match ``orig_addr`` in
         ``align_mask`` (each costing one of ``area_nslabs`` checks), by ``stride`` over those
@@ -178,25 +184,76 @@ class IoTlbMem:
         n = self.area_nslabs
         checked, idx, runs = 0, index, []
         while checked < n:
-            if check_align:
-                sa = (base_addr + (idx << IO_TLB_SHIFT)) & align_mask
-                d = ((target - sa) & align_mask) >> IO_TLB_SHIFT
-                if d:
-                    steps = min(d, n - idx)
-                    if checked + steps > n:
-                        break
-                    checked += steps
-                    if d >= n - idx:
-                        idx = 0
-                        continue
-                    idx += d
-                    if checked >= n:
-                        break
+            sa = (base_addr + (idx << IO_TLB_SHIFT)) & align_mask
+            d = ((target - sa) & align_mask) >> IO_TLB_SHIFT
+            if d:
+                steps = min(d, n - idx)
+                if checked + steps > n:
+                    break
+                checked += steps
+                if d >= n - idx:
+                    idx = 0
+                    continue
+                idx += d
+                if checked >= n:
+                    break
             r = min(-(-(n - idx) // stride), -(-(n - checked) // stride))
-            runs.append(np.arange(idx, idx + r * stride, stride, dtype=np.int64))
+            runs.append((idx, r))
             checked += r * stride
             idx = 0
+        return runs
+
+    def _candidates(self, index: int, stride: int, align_mask: int, target: int,
+                    base_addr: int) -> np.ndarray:
+        """:meth:`_candidate_runs` as one index array."""
+        runs = [np.arange(i, i + r * stride, stride, dtype=np.int64)
+                for i, r in self._candidate_runs(index, stride, align_mask, target, base_addr)]
         return np.concatenate(runs) if runs else np.zeros(0, dtype=np.int64)
+
+    def _first_fit_in_runs(self, runs: list[tuple[int, int]], stride: int, slot_base: int,
+                           nslots: int, boundary_shift: int, max_slots: int) -> int:
+        """The first candidate of ``runs`` with room and no boundary crossing (area-relative),
+        or -1; tested in windows that grow from 16, so a pool with room near its cursor
+        costs a few array operations, not one per slot of the area."""
+        lst = self.list
+        for first, count in runs:
+            slot = slot_base + first  # the cursor itself first, in scalars
+            if not iommu_is_span_boundary(slot, nslots, boundary_shift, max_slots) \
+                    and int(lst[slot]) >= nslots:
+                return first
+            lo, w = 1, 16
+            while lo < count:
+                hi = min(count, lo + w)
+                cand = first + stride * np.arange(lo, hi, dtype=np.int64)
+                slot = slot_base + cand
+                ok = ~iommu_is_span_boundary(slot, nslots, boundary_shift, max_slots)
+                ok &= lst[slot] >= nslots
+                hits = np.flatnonzero(ok)
+                if hits.size:
+                    return int(cand[hits[0]])
+                lo, w = hi, w * 8
+        return -1
+
+    def _first_fit_stepping(self, area: int, mask: int, target: int, stride: int,
+                            slot_base: int, base_addr: int, nslots: int, boundary_shift: int,
+                            max_slots: int) -> int:
+        """The kernel's loop literally, stopping at the first slot with room (area-relative
+        index or -1): +1 past a slot failing the alignment test, +stride past one that
+        passes."""
+        n, idx, checked = self.area_nslabs, int(self.area_index[area]), 0
+        lst = self.list
+        while checked < n:
+            if ((base_addr + (idx << IO_TLB_SHIFT)) & mask) != target:
+                idx = 0 if idx + 1 >= n else idx + 1
+                checked += 1
+                continue
+            slot = slot_base + idx
+            if not iommu_is_span_boundary(slot, nslots, boundary_shift, max_slots) \
+                    and lst[slot] >= nslots:
+                return idx
+            idx = 0 if idx + stride >= n else idx + stride
+            checked += stride
+        return -1
 
     def _search_pool_area(self, dev, area: int, orig_addr: int, alloc_size: int,
                           alloc_align_mask: int) -> int:
@@ -227,30 +284,36 @@ class IoTlbMem:
             return -1               # every slot fails the alloc_align_mask test
         base_addr = tbl_dma_addr + (slot_base << IO_TLB_SHIFT)
         high = mask & ~(IO_TLB_SIZE - 1)
-        if high == (stride - 1) << IO_TLB_SHIFT:   # stride is the period of the mask
-            cand = self._candidates(int(self.area_index[area]), stride, high, target,
-                                    base_addr, True)
-        else:  # stride and mask period differ (orig_addr 0, mixed masks): step as the kernel
-            cand = self._candidates_slow(area, high, target, stride, base_addr)
-        slot = slot_base + cand
-        # max_slots <= 2^53, so int64 arithmetic is exact here
-        ok = ~iommu_is_span_boundary(slot, nslots, nr_slots(tbl_dma_addr), max_slots)
-        ok &= self.list[slot] >= nslots
-        hits = np.flatnonzero(ok)
-        if hits.size == 0:
+        bshift = nr_slots(tbl_dma_addr)
+        periodic = high == (stride - 1) << IO_TLB_SHIFT   # stride is the period of the mask
+        if self.batch and periodic:
+            runs = self._candidate_runs(int(self.area_index[area]), stride, high, target,
+                                        base_addr)
+            index = self._first_fit_in_runs(runs, stride, slot_base, nslots, bshift, max_slots)
+        elif self.batch:  # stride and mask period differ (orig_addr 0, mixed masks)
+            index = self._first_fit_stepping(area, high, target, stride, slot_base, base_addr,
+                                             nslots, bshift, max_slots)
+        else:  # per entry: every candidate of the area, then the first with room
+            if periodic:
+                cand = self._candidates(int(self.area_index[area]), stride, high, target,
+                                        base_addr)
+            else:
+                cand = self._candidates_slow(area, high, target, stride, base_addr)
+            slot = slot_base + cand
+            # max_slots <= 2^53, so int64 arithmetic is exact here
+            ok = ~iommu_is_span_boundary(slot, nslots, bshift, max_slots)
+            ok &= self.list[slot] >= nslots
+            hits = np.flatnonzero(ok)
+            index = int(cand[hits[0]]) if hits.size else -1
+        if index < 0:
             return -1
-        index = int(cand[hits[0]])
         slot_index = slot_base + index
         # found:
         rel = np.arange(nslots, dtype=np.int64)
         self.list[slot_index:slot_index + nslots] = 0
         self.alloc_size[slot_index:slot_index + nslots] = (
             alloc_size - (offset + (rel << IO_TLB_SHIFT)))
-        count, i = 0, slot_index - 1
-        while i >= 0 and io_tlb_offset(i) != IO_TLB_SEGSIZE - 1 and self.list[i]:
-            count += 1
-            self.list[i] = count
-            i -= 1
+        self._relink_before(slot_index, 0)
         nxt = index + nslots
         self.area_index[area] = 0 if nxt >= self.area_nslabs else nxt
         self.area_used[area] += nslots
@@ -270,6 +333,25 @@ class IoTlbMem:
             idx = 0 if idx + stride >= n else idx + stride
             checked += stride
         return np.array(out, dtype=np.int64)
+
+    def _relink_before(self, index: int, count: int) -> None:
+        """The free slots just before ``index`` in its segment count on from ``count``:
+        the kernel's ``for (i = index - 1; io_tlb_offset(i) != IO_TLB_SEGSIZE - 1 &&
+        slots[i].list; i--) slots[i].list = ++count;``."""
+        if not self.batch:
+            i = index - 1
+            while i >= 0 and io_tlb_offset(i) != IO_TLB_SEGSIZE - 1 and self.list[i]:
+                count += 1
+                self.list[i] = count
+                i -= 1
+            return
+        seg0 = index & ~(IO_TLB_SEGSIZE - 1)
+        if seg0 == index or not self.list[index - 1]:
+            return
+        zero = np.flatnonzero(self.list[seg0:index] == 0)
+        lo = seg0 + int(zero[-1]) + 1 if zero.size else seg0
+        if lo < index:
+            self.list[lo:index] = count + index - np.arange(lo, index, dtype=np.int64)
 
     def find_slots(self, dev, orig_addr: int, alloc_size: int, alloc_align_mask: int) -> int:
         """``swiotlb_pool_find_slots``: try every area from ``cpu & (nareas - 1)``."""
@@ -323,17 +405,13 @@ class IoTlbMem:
         aindex = index // self.area_nslabs
         seg_end = -(-(index + 1) // IO_TLB_SEGSIZE) * IO_TLB_SEGSIZE
         count = int(self.list[index + nslots]) if index + nslots < seg_end else 0
-        for i in range(index + nslots - 1, index - 1, -1):
-            count += 1
-            self.list[i] = count
+        # list[i] counts the free slots from i to the end of the segment's free run
+        self.list[index:index + nslots] = count + nslots - np.arange(nslots, dtype=np.int64)
+        count += nslots
         self.orig_addr[index:index + nslots] = INVALID_PHYS_ADDR
         self.alloc_size[index:index + nslots] = 0
         self.pad_slots[index:index + nslots] = 0
-        i = index - 1
-        while i >= 0 and io_tlb_offset(i) != IO_TLB_SEGSIZE - 1 and self.list[i]:
-            count += 1
-            self.list[i] = count
-            i -= 1
+        self._relink_before(index, count)
         self.area_used[aindex] -= nslots
 
     def tbl_unmap_single(self, dev, tlb_addr: int, mapping_size: int, direction: str,
