@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from phyrlab import faults
 from phyrlab.dma.device import Device
+from phyrlab.dma.iommu_table import IommuTable
 from phyrlab.dma.ops import OPS
 from phyrlab.dma.swiotlb import IO_TLB_SIZE, IoTlbMem
 from phyrlab.errors import DmaMappingError
@@ -164,6 +165,48 @@ def test_chunk_cut_batched_equals_per_run(n, maxseg, seed, name):
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
     assert int(got[1][-1]) == n and (got[1][:-1] == got[0][1:]).all()
+
+
+def _iommu_area_alloc_ref(used: np.ndarray, size: int, start: int, nr: int, shift: int,
+                          boundary: int, align_mask: int) -> int:
+    """lib/iommu-helper.c ``iommu_area_alloc`` entry by entry: ``size -= 1`` (the last entry
+    is never handed out), the first ``align_mask``-aligned index >= ``start`` whose ``nr``
+    entries are free, skipping those ``iommu_is_span_boundary`` rejects."""
+    size -= 1
+    for index in range(start, size - nr + 1):
+        if index & align_mask or used[index:index + nr].any():
+            continue
+        if ((shift + index) & (boundary - 1)) + nr > boundary:
+            continue
+        return index
+    return -1
+
+
+@SETTINGS
+@given(entries=st.integers(8, 3000), seed=st.integers(0, 2**32 - 1),
+       boundary=st.sampled_from([1 << 52, 16, 64, 1024]),
+       align=st.sampled_from([0, 1, 3, 15]), shift=st.integers(0, 100))
+def test_area_alloc_is_first_fit(entries, seed, boundary, align, shift):
+    """The windowed search (hint fast path, skip to the first free entry, doubling windows)
+    against the kernel's loop on tables filled and holed at random."""
+    rng = np.random.default_rng(seed)
+    t = IommuTable(entries, reserved=(0, int(rng.integers(0, 3))))
+    held = []
+    for _ in range(int(rng.integers(1, 120))):
+        if held and rng.random() < 0.3:
+            i0, n0 = held.pop(int(rng.integers(0, len(held))))
+            t.free(i0, n0)
+            continue
+        nr = int(rng.choice([1, 1, 2, 3, 8, 40]))
+        start = int(rng.integers(0, entries))
+        limit = int(rng.integers(entries // 2, entries + 1))
+        want = _iommu_area_alloc_ref(t.map.copy(), min(limit, entries), start, nr, shift,
+                                     boundary, align)
+        got = t.area_alloc(start, nr, limit, shift, boundary, align)
+        assert got == want
+        if got >= 0:
+            held.append((got, nr))
+        assert t.map[:t.low_free].all()
 
 
 # ------------------------------------------------------------------------------- swiotlb

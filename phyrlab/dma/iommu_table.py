@@ -202,7 +202,7 @@ class IommuTable:
         self.last_entry_usable = last_entry_usable
         #: every entry below ``low_free`` is in use, so a search may start there and find
         #: what the kernel's search from 0 finds. Writers of ``map`` must lower it.
-        self.low_free = 0
+        self.low_free = hi if lo == 0 else 0
 
     def in_use(self) -> int:
         """Entries allocated beyond the reserved ones."""
@@ -224,8 +224,12 @@ class IommuTable:
         if first + nr <= top and not self.map[first:first + nr].any() and not (
                 boundary_size and ((shift + first) & (boundary_size - 1)) + nr > boundary_size):
             return self._take(first, nr)
+        # a fit starts on a free entry: skip the used ones after start in one scan
+        skip = int(self.map[start:top].argmin())
+        if self.map[start + skip]:
+            return -1
         span = max(4 * nr, 1024)
-        lo = start
+        lo = start + skip
         while lo + nr <= top:
             hi = min(top, lo + span + nr)
             idx = self._first_fit(lo, hi, nr, shift, boundary_size, align_mask)
@@ -439,24 +443,27 @@ class TableOps(DmaMapOps):
         self.table.free(index, npages)
         self._after_free(index, npages)
 
-    def _alloc_seq(self, dev: Any, pages: np.ndarray) -> np.ndarray:
+    def _alloc_seq(self, dev: Any, pages: np.ndarray, handles: bool = False) -> np.ndarray:
         """``_alloc`` of ``pages[0]``, ``pages[1]``... in order, stopping at the first that
         fails; the table indices of those that succeeded.
 
         With :attr:`batch`, runs of allocations that the kernel's search would place back to
         back (each at the hint, in free space, crossing no boundary, unaligned) are decided
         at once; every other allocation takes the per-entry path. Counters, hints, flushes
-        and fault-injection calls are those of the per-entry loop.
+        and fault-injection calls are those of the per-entry loop. ``handles``: each
+        allocation after the first gets the previous one's end as its ``handle`` (powerpc's
+        ``iommu_range_alloc`` hint in ``ppc_iommu_map_sg``).
         """
         pages = np.asarray(pages, dtype=np.int64)
         k = len(pages)
         out = np.empty(k, dtype=np.int64)
         i, w = 0, 64
-        per_entry = not self.batch or self.p.alloc == "ppc_pools"
+        ppc = self.p.alloc == "ppc_pools"
         while i < k:
-            if not per_entry:
+            handle = int(out[i - 1] + pages[i - 1]) if handles and i else 0
+            if self.batch and (handle or not ppc):
                 part = pages[i:i + w]
-                m, faulted = self._alloc_run(dev, part, out[i:i + w])
+                m, faulted = self._alloc_run(dev, part, out[i:i + w], handle)
                 i += m
                 if faulted:
                     return out[:i]
@@ -464,25 +471,38 @@ class TableOps(DmaMapOps):
                     w = min(4 * w, 1 << 16)
                     continue
                 w = 64
-            idx = self._alloc(dev, int(pages[i]))
+            idx = self._alloc(dev, int(pages[i]), handle if handles else None)
             if idx < 0:
                 return out[:i]
             out[i] = idx
             i += 1
         return out
 
-    def _alloc_run(self, dev: Any, pages: np.ndarray, out: np.ndarray) -> tuple[int, bool]:
+    def _alloc_run(self, dev: Any, pages: np.ndarray, out: np.ndarray,
+                   handle: int = 0) -> tuple[int, bool]:
         """Place the longest prefix of ``pages`` that the allocator puts back to back from
         its hint: how many were placed (their indices in ``out``), and whether the next
         one failed by fault injection."""
         p, t = self.p, self.table
         limit = self._limit(dev)
-        size = min(limit, t.size)
-        top = size if t.last_entry_usable else size - 1
-        if p.alloc == "first_fit":
+        pool = None
+        if p.alloc == "ppc_pools":
+            # one pool for the whole run, entered at the handle (iommu_range_alloc)
+            big = pages > 15
+            same = np.flatnonzero(big != big[0])
+            if len(same):
+                pages = pages[:int(same[0])]
+            pool = self.pools[1] if big[0] else self.pools[0]
+            if not pool.start <= handle < pool.end:
+                return 0, False
+            limit = min(pool.end, limit)
+            c = max(handle, t.low_free)
+        elif p.alloc == "first_fit":
             c = t.low_free
         else:
             c = max(self.next_bit, t.low_free)
+        size = min(limit, t.size)
+        top = size if t.last_entry_usable else size - 1
         ends = c + np.cumsum(pages)
         starts = ends - pages
         hi = min(top, int(ends[-1]))
@@ -527,6 +547,9 @@ class TableOps(DmaMapOps):
             if self.next_bit >= p.entries:
                 self.next_bit = 0
                 self._wrap()
+        elif pool is not None:
+            bs = p.blocksize
+            pool.hint = e if pages[0] > 15 else (e + bs - 1) & ~(bs - 1)
         return m, faulted
 
     def _free_seq(self, index: np.ndarray, npages: np.ndarray) -> None:
@@ -981,25 +1004,22 @@ class TableOps(DmaMapOps):
         boundary = self._boundary(dev)
         shift = self.p.dma_base >> shift_io
         npg = iommu_num_pages(addr, length, io).astype(np.int64)
-        a_l, n_l, p_l = addr.tolist(), length.tolist(), npg.tolist()
-        idx_l: list[int] = []
+        # each entry is allocated with the previous one's end as its handle (hint)
+        got = self._alloc_seq(dev, npg, handles=True)
+        i = len(got)
+        if i < len(npg):
+            self.count("pte_writes", 2 * int(npg[:i].sum()))  # written, then cleared
+            self._free_seq(got, npg[:i])
+            raise DmaMappingError(
+                self.p.sg_errno, f"{self.name}: map_sg: iommu_alloc failed at entry {i} "
+                f"({int(npg[i])} I/O pages); {self.table.in_use()} of {self.p.entries} in use")
+        a_l, n_l, idx_l = addr.tolist(), length.tolist(), got.tolist()
         dma_out: list[int] = []
         len_out: list[int] = []
-        handle = 0
         dma_next = 0
         out_entry = 0
         base = self.p.dma_base
-        for i, (a, n, np_i) in enumerate(zip(a_l, n_l, p_l, strict=True)):
-            idx = self._alloc(dev, np_i, handle)
-            if idx < 0:
-                self.count("pte_writes", 2 * sum(p_l[:i]))  # written, then cleared
-                for j in range(i):
-                    self._free(idx_l[j], p_l[j])
-                raise DmaMappingError(
-                    self.p.sg_errno, f"{self.name}: map_sg: iommu_alloc failed at entry {i} "
-                    f"({np_i} I/O pages); {self.table.in_use()} of {self.p.entries} in use")
-            idx_l.append(idx)
-            handle = idx + np_i
+        for a, n, idx in zip(a_l, n_l, idx_l, strict=True):
             d = base + (idx << shift_io) + (a & (io - 1))
             merge = bool(dma_out) and d == dma_next and len_out[-1] + n <= maxseg
             if merge and self.p.merge_boundary:
@@ -1012,7 +1032,7 @@ class TableOps(DmaMapOps):
                 len_out.append(n)
                 out_entry = idx
             dma_next = d + n
-        self._write_runs(np.array(idx_l, dtype=np.int64), addr, npg)
+        self._write_runs(got, addr, npg)
         self._hcalls_per(npg)
         self._flush_gart()
         k = len(dma_out)
