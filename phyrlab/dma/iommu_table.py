@@ -65,6 +65,12 @@ full parisc pdir fails with -ENOMEM where ``ccio_alloc_range`` / ``sba_alloc_ran
 contiguous pages (``iommu_batch_*``); pseries TCE writes are ``H_PUT_TCE_INDIRECT``
 batches of 512; alpha's "break up and retry" after a failed virtual merge and its DAC path
 are not modelled; flushes are counted, not timed (see :mod:`phyrlab.cost`).
+
+Speed (``TableOps.batch``, exact): the greedy chunk cut and the allocations that the kernel's
+search places back to back from its hint (free space, no boundary crossing, no alignment gap)
+are decided with array operations; any other allocation, and every one with
+``batch = False``, goes through :meth:`IommuTable.area_alloc` one at a time, asking the
+``iommu_area_alloc`` fault point once per allocation either way.
 """
 
 from __future__ import annotations
@@ -791,7 +797,9 @@ class TableOps(DmaMapOps):
                 self.count("hypercalls", len(a))
             if "unmap_seg" in self.p.flush:
                 self.count("iotlb_flushes", len(a))
-            if self.p.bump_on_free or self.p.merge == "classify":
+            if self.batch:
+                self._after_free_seq(idx, npages)
+            elif self.p.bump_on_free or self.p.merge == "classify":
                 for i0, n0 in zip(idx.tolist(), npages.tolist(), strict=True):
                     self._after_free(i0, n0)
         if self.p.entitlement is not None:

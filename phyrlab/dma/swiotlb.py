@@ -45,7 +45,9 @@ The other versions (read, not modelled):
 - v6.12 and later drop ``alloc_size``: ``size = ALIGN(mapping_size + offset, alloc_align_mask
   + 1)``. Callers here pass ``iova_align(size)`` as dma-iommu did up to v6.11.
 Simplified: one static pool (no dynamic pools, no restricted pools); bytes copied are counted,
-not moved; the search over candidate slots is vectorised but visits them in the kernel's order.
+not moved; the search over candidate slots is vectorised but visits them in the kernel's order
+(in windows that grow from the area's cursor, so it stops near the first fit as the kernel's
+loop does; ``IoTlbMem.batch = False`` tests every candidate first, the reference).
 """
 
 from __future__ import annotations
