@@ -162,13 +162,22 @@ def _expand(starts: np.ndarray, counts: np.ndarray, step: int = 1) -> np.ndarray
     return base + np.arange(total, dtype=dt) * dt.type(step)
 
 
-def _unique_sorted(a: np.ndarray) -> np.ndarray:
-    if a.size == 0:
-        return a
-    keep = np.empty(a.size, dtype=bool)
-    keep[0] = True
-    np.not_equal(a[1:], a[:-1], out=keep[1:])
-    return a[keep]
+def _end_vs_next(op: np.ufunc, lo: np.ndarray, nbytes: np.ndarray,
+                 out: np.ndarray | None = None, block: int = 1 << 20) -> np.ndarray:
+    """``op(lo[i] + nbytes[i], lo[i + 1])`` for every i, a block at a time.
+
+    The same as ``op((lo + nbytes)[:-1], lo[1:])`` without a full-size uint64 temporary
+    (fresh memory for one costs more than the arithmetic on 16 M runs).
+    """
+    n = lo.size - 1
+    if out is None:
+        out = np.empty(max(n, 0), dtype=bool)
+    buf = np.empty(min(max(n, 0), block), dtype=_U64)
+    for a in range(0, n, block):
+        b = min(n, a + block)
+        e = np.add(lo[a:b], nbytes[a:b], out=buf[:b - a])
+        op(e, lo[a + 1:b + 1], out=out[a:b])
+    return out
 
 
 class PageTable:
@@ -290,13 +299,13 @@ class PageTable:
         if int(paddr.max()) + top > 1 << OAS:
             pend = paddr + size
             bad_run((pend < paddr) | (pend > _U64(1 << OAS)))
-        end = iova + size
-        ov = np.flatnonzero(end[:-1] > iova[1:])
-        if ov.size:
-            i = int(ov[0])
+        over = _end_vs_next(np.greater, iova, size)
+        if over.any():
+            i = int(np.flatnonzero(over)[0])
             raise ValueError(f"map_runs: runs at IOVA {int(iova[i]):#x} and "
                              f"{int(iova[i + 1]):#x} overlap")
-        return self._map_runs(iova, paddr, size, end)
+        del over
+        return self._map_runs(iova, paddr, size)
 
     def _decompose(self, iova, paddr, size):
         """``iommu_pgsize()`` applied greedily to each run, as leaf segments in IOVA order.
@@ -413,7 +422,7 @@ class PageTable:
         gi = _expand(gs[part], n[part])
         return int(gi[np.flatnonzero(ent != 0)[0]]) << sh
 
-    def _map_runs(self, iova, paddr, size, end=None) -> int:
+    def _map_runs(self, iova, paddr, size) -> int:
         """Plan (walk, find tables to allocate, refuse live entries), allocate, then write.
 
         Leaves are handled per (IOVA-contiguous stretch of same-size segments, table) chunk,
@@ -423,9 +432,8 @@ class PageTable:
         lo, nbytes, lvl, pa = self._decompose(iova, paddr, size)
         nseg = lo.size
         lv_min, lv_max = int(lvl.min()), int(lvl.max())
-        hi = end if lo is iova and end is not None else lo + nbytes     # segment ends
         join = np.zeros(nseg, dtype=bool)              # segment i starts where i - 1 ends
-        np.equal(hi[:-1], lo[1:], out=join[1:])
+        _end_vs_next(np.equal, lo, nbytes, out=join[1:])
         whole = None
 
         def stretches(sel: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -457,7 +465,7 @@ class PageTable:
             sh = _U64(self._shift[level - 1])
             st, en = stretches(None if lv_min >= level else lvl >= level)
             p_lo = (lo[st] >> sh).astype(np.int64)
-            p_hi = ((hi[en] - _U64(1)) >> sh).astype(np.int64)
+            p_hi = ((lo[en] + nbytes[en] - _U64(1)) >> sh).astype(np.int64)
             p_lo[1:] = np.maximum(p_lo[1:], p_hi[:-1] + 1)   # drop prefixes shared with the
             keep = p_lo <= p_hi                               # previous stretch
             p = _expand(p_lo[keep], p_hi[keep] - p_lo[keep] + 1)
@@ -482,7 +490,9 @@ class PageTable:
             parent_pos.append(ppos)
             new_masks.append(~present)
             n_new_total += int((~present).sum())
-        # ---- leaf targets must be empty; chunks of (stretch, table), never per leaf
+        # ---- leaf targets must be empty; work per chunk, never per leaf. A chunk is the part
+        # of a stretch of one-leaf segments (leaf values: their pa) or of one segment (leaf
+        # values: pa + i * size) that falls in one table.
         leaf_plan = []
         for level in sorted(f.leaf_levels):
             if lv_min == lv_max:
@@ -495,9 +505,13 @@ class PageTable:
                     continue
             sh, b = self._shift[level], self._bits[level]
             E = 1 << b
-            st, en = stretches(sel)
+            one = int((nbytes if sel is None else nbytes[sel]).max()) == 1 << sh
+            if one:
+                st, en = stretches(sel)
+            else:
+                st = en = np.arange(nseg) if sel is None else np.flatnonzero(sel)
             g0 = (lo[st] >> _U64(sh)).astype(np.int64)
-            g1 = (hi[en] >> _U64(sh)).astype(np.int64) - 1
+            g1 = ((lo[en] + nbytes[en]) >> _U64(sh)).astype(np.int64) - 1
             nleaf = g1 - g0 + 1
             leafoff = np.cumsum(nleaf) - nleaf        # first leaf of each stretch
             t0, t1 = g0 >> b, g1 >> b
@@ -508,6 +522,7 @@ class PageTable:
             n = np.minimum(((t + 1) << b) - 1, g1[s]) - gs + 1
             slot0 = gs & (E - 1)
             k0 = leafoff[s] + (gs - g0[s])            # first leaf of each chunk
+            pa0 = None if one else pa[st][s] + ((gs - g0[s]).astype(_U64) << _U64(sh))
             tpos = np.searchsorted(prefixes[level], t)
             tpool = pools[level][tpos]
             have = np.flatnonzero(tpool >= 0)
@@ -520,7 +535,7 @@ class PageTable:
                     at = self._busy_leaf_iova(level, lo[seg], nbytes[seg], prefixes[level],
                                               pools[level])
                     raise ValueError(f"map: IOVA {at:#x} is already mapped ({f.name})")
-            leaf_plan.append((level, sel, tpos, slot0, n, k0))
+            leaf_plan.append((level, sel, tpos, slot0, n, k0, pa0))
         # ---- allocate: every table page asks the fault point first (kernel: -ENOMEM)
         for i in range(n_new_total):
             if should_fail("pt_alloc"):
@@ -542,30 +557,36 @@ class PageTable:
                 np.add.at(self._nvalid, pp, 1)
                 s.pte_writes += n
         flat_pte = self._pte.reshape(-1)
-        for level, sel, tpos, slot0, n, k0 in leaf_plan:
+        for level, sel, tpos, slot0, n, k0, pa0 in leaf_plan:
             tpool = pools[level][tpos]
             sz = 1 << self._shift[level]
             E = 1 << self._bits[level]
-            pa_l = pa if sel is None else pa[sel]
-            nb_l = nbytes if sel is None else nbytes[sel]
-            # physical address of every leaf of this size, in IOVA order
-            src = pa_l if int(nb_l.max()) == sz else _expand(
-                pa_l, nb_l >> _U64(self._shift[level]), sz)
+            src = None if pa0 is not None else pa if sel is None else pa[sel]
             full = n == E                             # whole tables: write rows at once
             if full.any():
                 rows, kf = tpool[full], k0[full]
                 r0, ka, nf = int(rows[0]), int(kf[0]), rows.size
-                if (np.array_equal(rows, np.arange(r0, r0 + nf))
-                        and np.array_equal(kf, ka + E * np.arange(nf))):
-                    np.bitwise_or(src[ka:ka + nf * E].reshape(nf, E), PTE_PRESENT,
-                                  out=self._pte[r0:r0 + nf, :E])   # fresh tables: in place
+                fresh = np.array_equal(rows, np.arange(r0, r0 + nf))
+                view = self._pte[r0:r0 + nf, :E]     # fresh tables: write in place
+                if src is None:                       # one segment per table: pa0 + i * size
+                    step = np.arange(E, dtype=_U64) * _U64(sz)
+                    if fresh:
+                        view[:] = step
+                        view += (pa0[full] | PTE_PRESENT)[:, None]
+                    else:
+                        self._pte[rows, :E] = (pa0[full] | PTE_PRESENT)[:, None] + step
+                elif fresh and np.array_equal(kf, ka + E * np.arange(nf)):
+                    np.bitwise_or(src[ka:ka + nf * E].reshape(nf, E), PTE_PRESENT, out=view)
                 else:
                     self._pte[rows, :E] = src[kf[:, None] + np.arange(E)] | PTE_PRESENT
                 self._nvalid[rows] += E
             part = ~full
             if part.any():
                 flat = _expand(tpool[part] * self._W + slot0[part], n[part])
-                flat_pte[flat] = src[_expand(k0[part], n[part])] | PTE_PRESENT
+                if src is None:
+                    flat_pte[flat] = _expand(pa0[part], n[part], sz) | PTE_PRESENT
+                else:
+                    flat_pte[flat] = src[_expand(k0[part], n[part])] | PTE_PRESENT
                 np.add.at(self._nvalid, tpool[part], n[part])
             nl = int(n.sum())
             s.pte_writes += nl
