@@ -17,8 +17,9 @@ The device is an RDMA NIC as mlx5_core sets it up: 64-bit mask and ``max_seg_siz
 ``__finalise_sg`` must cut the IOVA-contiguous list into 64 KiB DMA segments.
 
 Each row runs twice on fresh devices; "map s" is the first run, "again" the second (the first
-large IOMMU mapping in a process pays several seconds more, growing page-table arrays for the
-first time). Goals are judged on the first run.
+large mapping of a family in a process pays for faulting in fresh memory - page-table pages
+and array temporaries - which the second run partly finds already mapped: up to about 2x on
+this machine). Goals are judged on the first run.
 
 Goals (issue 4): 64 GiB through dma-direct in under 2 s and through dma-iommu in under 15 s.
 ``--quick`` runs only the 1 GiB size.

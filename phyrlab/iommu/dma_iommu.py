@@ -25,6 +25,9 @@ Verified by reading the stored drivers/iommu/dma-iommu.c (a v5.3-era file: the s
 padding loop and ``__finalise_sg``; the v6.2 ``gather.queued`` path and ``queue_iova`` were
 read from patches in the index). Padding is mapped: as in the kernel, the pad after a segment
 maps the physical pages that follow it (``prev->length += pad_len``).
+Vectorised: the padding loop is checked at the segment boundaries below the total length
+(sequential scan only when a pad is needed); ``__finalise_sg`` cuts groups of equal-length
+segments at once; both are tested against per-entry transcriptions of the kernel loops.
 Simplifications: no P2P bus-address segments, no swiotlb bounce for untrusted devices, no
 ``bus_dma_limit``, no reserved regions (MSI window, PCI host-bridge windows); segments longer
 than ``max_seg_size`` or than the boundary are refused (the kernel assumes the block layer
