@@ -114,12 +114,14 @@ def _drive_table(name: str, params: dict, limits: dict, lists, unmap_every: int,
 @SETTINGS
 @given(lists=st.lists(range_lists(), min_size=1, max_size=4), limits=device_limits,
        entries=st.sampled_from([64, 256, 4096]), unmap_every=st.integers(0, 2),
-       fault_nth=st.integers(0, 40))
+       fault_nth=st.integers(0, 40), merge_on=st.booleans())
 def test_table_map_sg_batched_equals_per_entry(name, lists, limits, entries, unmap_every,
-                                               fault_nth):
+                                               fault_nth, merge_on):
     params = {"entries": entries}
     if name == "alpha_pci_ops":
         params["window"] = (0x4000_0000, 0x4000_0000)
+    if name == "gart_dma_ops" and merge_on:  # iommu=merge: force, merge, retry per entry
+        params["iommu_merge"] = True
     batched = _drive_table(name, params, limits, lists, unmap_every, fault_nth, True)
     per_entry = _drive_table(name, params, limits, lists, unmap_every, fault_nth, False)
     assert batched == per_entry

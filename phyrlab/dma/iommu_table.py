@@ -847,11 +847,11 @@ class TableOps(DmaMapOps):
             maxseg = cap // self.p.io_page * self.p.io_page
             off0 = (addr & io).astype(np.int64)
         starts = np.flatnonzero(brk)
+        if not self.batch:
+            return self._chunks_per_run(starts, length, maxseg, off0, need)
         if len(starts) == n:  # every entry is its own run, so its own chunk
             first = np.arange(n, dtype=np.int64)
             return first, first + 1, need.copy()
-        if not self.batch:
-            return self._chunks_per_run(starts, length, maxseg, off0, need)
         cs = np.concatenate(([0], np.cumsum(length.astype(np.int64))))
         ends = np.append(starts[1:], n)
         budget = maxseg - (off0[starts] if off0 is not None else 0)
