@@ -3,7 +3,8 @@
 A new (workload, size, limits, placement) setting maps the buffer through all 25 rows
 (``phyrlab.backends.run_all``, cached per setting): about 0.06 s at 128 KiB and 0.4 s at
 1 MiB with a 32-bit mask (per-entry swiotlb/VDUSE bouncing dominates), 1-2 s at 16 MiB and
-several seconds at 4 GiB (10^6 pages; `benchmarks/notebooks.py` prints the figure). Sliders update on release; a setting seen before, or a metric change,
+several seconds at 4 GiB (10^6 pages; `benchmarks/notebooks.py` prints the figure).
+Sliders update on release; a setting seen before, or a metric change,
 is a cache hit (under 1 ms).
 """
 
