@@ -151,13 +151,8 @@ class DmaDirect(DmaMapOps):
             self.count("cache_maint_bytes", int(dma_len.sum(dtype=U64)))
         if not dev.has_io_tlb_mem():
             return 0
-        mem = dev.dma_io_tlb_mem
         phys = dev.dma_to_phys_array(dma_addr)
-        copied = 0
-        for i in np.flatnonzero(mem.is_swiotlb_buffer_array(phys)).tolist():
-            fn = mem.sync_single_for_cpu if for_cpu else mem.sync_single_for_device
-            copied += fn(dev, int(phys[i]), int(dma_len[i]), direction)
-        return copied
+        return dev.dma_io_tlb_mem.sync_bounced(dev, phys, dma_len, direction, for_cpu)
 
     def sync_for_cpu(self, dev, dma_addr, dma_len, direction) -> int:
         """``dma_direct_sync_single_for_cpu`` / ``dma_direct_sync_sg_for_cpu``."""

@@ -201,13 +201,8 @@ class IommuDma(DmaMapOps):
             self.count("cache_maint_bytes", int(dma_len.sum(dtype=U64)))
         if not dev.untrusted or not dev.has_io_tlb_mem():
             return 0
-        mem = dev.dma_io_tlb_mem
         phys = self.domain.pt.iova_to_phys_many(dma_addr)
-        copied = 0
-        for i in np.flatnonzero(mem.is_swiotlb_buffer_array(phys)).tolist():
-            fn = mem.sync_single_for_cpu if for_cpu else mem.sync_single_for_device
-            copied += fn(dev, int(phys[i]), int(dma_len[i]), direction)
-        return copied
+        return dev.dma_io_tlb_mem.sync_bounced(dev, phys, dma_len, direction, for_cpu)
 
     def sync_for_cpu(self, dev, dma_addr, dma_len, direction) -> int:
         """``iommu_dma_sync_single_for_cpu`` / ``iommu_dma_sync_sg_for_cpu``."""

@@ -469,6 +469,15 @@ class IoTlbMem:
             raise ValueError(f"BUG: swiotlb sync for cpu with direction {direction!r}")
         return 0
 
+    def sync_bounced(self, dev, phys: np.ndarray, dma_len: np.ndarray, direction: str,
+                     for_cpu: bool) -> int:
+        """Sync the entries of a list whose physical address lies in this pool (the
+        ``is_swiotlb_buffer`` test of ``dma_direct_sync_sg_*`` and ``iommu_dma_sync_sg_*``);
+        returns the bytes copied."""
+        fn = self.sync_single_for_cpu if for_cpu else self.sync_single_for_device
+        return sum(fn(dev, int(phys[i]), int(dma_len[i]), direction)
+                   for i in np.flatnonzero(self.is_swiotlb_buffer_array(phys)).tolist())
+
 
 def swiotlb_max_mapping_size(dev) -> int:
     """``swiotlb_max_mapping_size``: 256 KiB less ``min_align_mask`` rounded up to a slot."""
