@@ -114,6 +114,8 @@ PANELS: dict[str, tuple[str, dict[str, Any]]] = {
                         {"size": 1 << 32, "mean_run_pages": 1.0}),
     "02-cpu-dma-split": ("phyrlab.widgets.dma_split:split_panel",
                          {"size": 1 << 32, "mean_run_pages": 1.0}),
+    # 1 GiB (262,144 pages) is the slider's top
+    "03-iommu-page-tables": ("phyrlab.widgets.iommu:mapping_panel", {"size": 1 << 30}),
     "04-mapping-backends": ("phyrlab.widgets.backends:backends_panel",
                             {"size": 1 << 32, "dma_bits": 64}),
     "05-p2p-checks": ("phyrlab.widgets.pci:p2p_panel", {"topology": "dual-socket-haswell"}),
