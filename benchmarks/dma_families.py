@@ -12,23 +12,14 @@ read the ratios (rows that allocate per entry, as the kernel does, pay one Pytho
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from timing import best_of
 
 from phyrlab.dma.device import Device
 from phyrlab.dma.iommu_table import IommuTable
 from phyrlab.dma.ops import OPS
 from phyrlab.units import DMA_BIT_MASK
-
-
-def best_of(fn, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def scalar_area_alloc(m, size, start, nr):  # lib/iommu-helper.c, no numpy

@@ -12,20 +12,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import time
 import tracemalloc
+
+from timing import best_of
 
 from phyrlab.layouts import LAYOUTS
 from phyrlab.memory import fragmented_pfns
-
-
-def best_of(fn, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:

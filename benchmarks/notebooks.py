@@ -11,20 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import statistics
 import time
+
+from timing import median_ms
 
 from phyrlab.nbtools import execute, notebook_paths
 from phyrlab.widgets import PANELS
-
-
-def median_ms(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -168,49 +168,33 @@ class Device:
     # -- address translation (include/linux/dma-direct.h) ----------------------------------
     def phys_to_dma(self, paddr: int) -> int:
         """``phys_to_dma``: through ``dma_range_map`` when set (no memory encryption bit)."""
-        if self.dma_range_map is None:
-            return int(paddr)
-        for m in self.dma_range_map:
-            offset = (int(paddr) - m.cpu_start) & U64_MAX
-            if paddr >= m.cpu_start and offset < m.size:
-                return m.dma_start + offset
-        return DMA_MAPPING_ERROR
+        return int(self.phys_to_dma_array(np.array([paddr], dtype=U64))[0])
 
     def dma_to_phys(self, dma_addr: int) -> int:
         """``dma_to_phys``: ``(phys_addr_t)-1`` when no region holds ``dma_addr``."""
-        if self.dma_range_map is None:
-            return int(dma_addr)
-        for m in self.dma_range_map:
-            offset = (int(dma_addr) - m.dma_start) & U64_MAX
-            if dma_addr >= m.dma_start and offset < m.size:
-                return m.cpu_start + offset
-        return U64_MAX
+        return int(self.dma_to_phys_array(np.array([dma_addr], dtype=U64))[0])
 
     def phys_to_dma_array(self, paddr: np.ndarray) -> np.ndarray:
-        """``phys_to_dma`` of every element (uint64 arrays)."""
-        paddr = np.asarray(paddr, dtype=U64)
-        if self.dma_range_map is None:
-            return paddr
-        out = np.full(paddr.shape, U64(DMA_MAPPING_ERROR))
-        todo = np.ones(paddr.shape, dtype=bool)
-        for m in self.dma_range_map:
-            off = paddr - U64(m.cpu_start)
-            hit = todo & (paddr >= U64(m.cpu_start)) & (off < U64(m.size))
-            out[hit] = off[hit] + U64(m.dma_start)
-            todo &= ~hit
-        return out
+        """``phys_to_dma`` of every element (uint64 arrays); ``DMA_MAPPING_ERROR`` on a miss."""
+        return self._translate(paddr, "cpu_start", "dma_start", DMA_MAPPING_ERROR)
 
     def dma_to_phys_array(self, dma_addr: np.ndarray) -> np.ndarray:
-        """``dma_to_phys`` of every element (uint64 arrays)."""
-        dma_addr = np.asarray(dma_addr, dtype=U64)
+        """``dma_to_phys`` of every element (uint64 arrays); all ones on a miss."""
+        return self._translate(dma_addr, "dma_start", "cpu_start", U64_MAX)
+
+    def _translate(self, addrs, src: str, dst: str, miss: int) -> np.ndarray:
+        """``translate_phys_to_dma`` / ``translate_dma_to_phys``: the first region of
+        ``dma_range_map`` holding each address moves it from ``src`` to ``dst`` space."""
+        addrs = np.asarray(addrs, dtype=U64)
         if self.dma_range_map is None:
-            return dma_addr
-        out = np.full(dma_addr.shape, U64(U64_MAX))
-        todo = np.ones(dma_addr.shape, dtype=bool)
+            return addrs
+        out = np.full(addrs.shape, U64(miss))
+        todo = np.ones(addrs.shape, dtype=bool)
         for m in self.dma_range_map:
-            off = dma_addr - U64(m.dma_start)
-            hit = todo & (dma_addr >= U64(m.dma_start)) & (off < U64(m.size))
-            out[hit] = off[hit] + U64(m.cpu_start)
+            base = U64(getattr(m, src))
+            off = addrs - base
+            hit = todo & (addrs >= base) & (off < U64(m.size))
+            out[hit] = off[hit] + U64(getattr(m, dst))
             todo &= ~hit
         return out
 
