@@ -80,7 +80,14 @@ from typing import Any
 
 import numpy as np
 
-from phyrlab.dma.ops import DmaMapOps, OpsEntry, check_direction, dma_limit, register_family
+from phyrlab.dma.ops import (
+    DmaMapOps,
+    OpsEntry,
+    check_direction,
+    dma_limit,
+    register_family,
+    sg_arrays,
+)
 from phyrlab.errors import DmaMappingError
 from phyrlab.faults import should_fail
 from phyrlab.units import U64_MAX
@@ -736,13 +743,8 @@ class TableOps(DmaMapOps):
                direction: str) -> tuple[np.ndarray, np.ndarray, Any]:
         """The row's ``map_sg``; merges as the kernel does; unwinds fully on failure."""
         check_direction(direction)
-        addr = np.asarray(addr, dtype=np.uint64)
-        length = np.asarray(length, dtype=np.uint64)
+        addr, length = sg_arrays(self.name, addr, length)
         n = len(addr)
-        if n == 0:
-            raise DmaMappingError("EINVAL", f"{self.name}: map_sg of an empty list")
-        if len(length) != n:
-            raise ValueError(f"{self.name}: {n} addresses but {len(length)} lengths")
         zero = np.flatnonzero(length == 0)
         if len(zero):
             raise ValueError(f"{self.name}: entry {int(zero[0])} has length 0")

@@ -61,6 +61,18 @@ STAT_KEYS = (
 )
 
 
+def sg_arrays(name: str, addr, length) -> tuple[np.ndarray, np.ndarray]:
+    """A ``map_sg`` argument list as uint64 arrays: -EINVAL for an empty list (``nents`` 0
+    is refused by ``__dma_map_sg_attrs``' callers), ``ValueError`` when the arrays differ."""
+    addr = np.asarray(addr, dtype=np.uint64)
+    length = np.asarray(length, dtype=np.uint64)
+    if addr.size == 0:
+        raise DmaMappingError("EINVAL", f"{name}: map_sg of an empty list")
+    if length.size != addr.size:
+        raise ValueError(f"{name}: {addr.size} addresses but {length.size} lengths")
+    return addr, length
+
+
 def check_direction(direction: str, *, allow_none: bool = False) -> int:
     """``valid_dma_direction()``: the enum value of ``direction`` or a ValueError naming it."""
     value = DMA_DIRECTIONS.get(direction)

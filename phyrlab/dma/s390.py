@@ -32,7 +32,14 @@ from typing import Any
 import numpy as np
 
 from phyrlab.dma.iommu_table import IommuTable, iommu_num_pages
-from phyrlab.dma.ops import DmaMapOps, OpsEntry, SgCookie, check_direction, register_family
+from phyrlab.dma.ops import (
+    DmaMapOps,
+    OpsEntry,
+    SgCookie,
+    check_direction,
+    register_family,
+    sg_arrays,
+)
 from phyrlab.errors import DmaMappingError
 from phyrlab.faults import should_fail
 from phyrlab.units import PAGE_SHIFT, PAGE_SIZE, SZ_1G, U64_MAX
@@ -198,11 +205,8 @@ class S390Ops(DmaMapOps):
                direction: str) -> tuple[np.ndarray, np.ndarray, Any]:
         """``s390_dma_map_sg``: one IOVA run per page-aligned group up to max_seg_size."""
         check_direction(direction)
-        addr = np.asarray(addr, dtype=np.uint64)
-        length = np.asarray(length, dtype=np.uint64)
+        addr, length = sg_arrays(self.name, addr, length)
         n = len(addr)
-        if n == 0:
-            raise DmaMappingError("EINVAL", f"{self.name}: map_sg of an empty list")
         self.count("entries_walked", n)
         maxseg = int(getattr(dev, "max_seg_size", 65536))
         off = (addr & _U64(PAGE_SIZE - 1)).astype(np.int64)
