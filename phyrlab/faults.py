@@ -52,6 +52,35 @@ def should_fail(point: str) -> bool:
     return False
 
 
+def first_failure(point: str, n: int) -> int:
+    """Ask :func:`should_fail` up to ``n`` times at ``point`` in one call, stopping at the first
+    failure: returns its index (``0..n-1``), or ``n`` when none of the ``n`` calls fails.
+
+    For batched model paths that stand for ``n`` consecutive kernel calls: counters and the
+    armed fault end exactly as after the same sequence of single calls.
+    """
+    if n < 0:
+        raise ValueError(f"first_failure({point!r}, n={n}): n must be >= 0")
+    if n == 0:
+        return 0
+    armed = _armed.get(point)
+    if armed is None or armed.failed >= armed.times:
+        if armed is not None:
+            armed.calls += n
+        stats.calls[point] = stats.calls.get(point, 0) + n
+        return n
+    k = max(armed.nth - armed.calls - 1, 0)  # calls before the one that fails
+    if k >= n:
+        armed.calls += n
+        stats.calls[point] = stats.calls.get(point, 0) + n
+        return n
+    armed.calls += k + 1
+    armed.failed += 1
+    stats.calls[point] = stats.calls.get(point, 0) + k + 1
+    stats.failed[point] = stats.failed.get(point, 0) + 1
+    return k
+
+
 @contextmanager
 def inject(point: str, nth: int = 1, times: int = 1) -> Iterator[_Armed]:
     """Make the ``nth`` call at ``point`` (and the ``times - 1`` after it) fail."""

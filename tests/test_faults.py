@@ -118,3 +118,34 @@ def test_parisc_coalesce_caps_chunks_at_the_segment_boundary():
     except DmaMappingError as exc:
         pytest.fail(f"kernel maps this: {exc}")
     dma_unmap(dev, dl)
+
+
+@pytest.mark.parametrize("nth,times,n", [(1, 1, 5), (3, 1, 5), (5, 1, 5), (6, 1, 5), (2, 3, 4),
+                                         (1, 2, 0), (4, 2, 10)])
+def test_first_failure_is_a_run_of_should_fail(nth, times, n):
+    """first_failure(point, n) ends in the state n single should_fail calls (stopping at the
+    first failure) leave, and returns the failing index."""
+    def run(batched: bool) -> tuple[list[int], dict, dict]:
+        faults.reset()
+        out = []
+        with faults.inject("pt_alloc", nth=nth, times=times) as armed:
+            for _ in range(3):  # three batches in a row: the armed state carries over
+                if batched:
+                    out.append(faults.first_failure("pt_alloc", n))
+                else:
+                    k = next((i for i in range(n) if faults.should_fail("pt_alloc")), n)
+                    out.append(k)
+            state = (armed.calls, armed.failed)
+        return out, dict(faults.stats.calls), {"state": state, **faults.stats.failed}
+
+    assert run(True) == run(False)
+    faults.reset()
+
+
+def test_first_failure_unarmed_counts_calls():
+    faults.reset()
+    assert faults.first_failure("iova_alloc", 7) == 7
+    assert faults.stats.calls["iova_alloc"] == 7
+    with pytest.raises(ValueError, match="n=-1"):
+        faults.first_failure("iova_alloc", -1)
+    faults.reset()
