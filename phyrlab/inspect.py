@@ -39,7 +39,9 @@ def real_buffer(size: int, pagemap_path: str = "/proc/self/pagemap"
     the array alive while the frames matter), or why pagemap could not give them."""
     if int(size) != size or size < 1:
         raise ValueError(f"size {size!r} must be a positive number of bytes")
-    arr = np.ones(int(size), dtype=np.uint8)  # written, so every page is really allocated
+    arr = np.empty(int(size), dtype=np.uint8)
+    arr[::PAGE_SIZE] = 1  # one write per page: every page is really allocated (no zero page)
+    arr[-1] = 1
     try:
         pfns, off = pagemap_pfns(arr, pagemap_path)
     except PagemapError as e:
