@@ -36,7 +36,7 @@ from . import memory
 from .dma import DMA_DIRECT, OPS, Device, dma_map, dma_unmap
 from .dma.mapping import split_for_device
 from .errors import DmaMappingError
-from .layouts import LAYOUTS, Phyr
+from .layouts import LAYOUTS
 from .units import DMA_BIT_MASK, SZ_64K, U32_MAX, ULONG_MAX, human_bytes
 from .workloads import Buffer, build
 
@@ -201,10 +201,10 @@ def run_all(workload: str, size: int | None = None, limits: Limits = Limits(),
             ) -> tuple[BackendResult, ...]:
     """Every row of :data:`ROWS` on one buffer; cached per (workload, size, limits...) key.
 
-    The buffer is held as a ``phyr`` list, validated once, so the 25 mappings do not each
-    re-check a raw ``(addr, length)`` pair for overlaps.
+    The buffer is held as a ``phyr`` list built from its (distinct) page frames, so the 25
+    mappings do not each re-check a raw ``(addr, length)`` pair for overlaps.
     """
-    ranges = Phyr.from_ranges(*buffer(workload, size, placement, seed).ranges())
+    ranges = buffer(workload, size, placement, seed).layout("phyr")
     return tuple(map_through(name, ranges, limits, cost_model) for name in ROWS)
 
 
