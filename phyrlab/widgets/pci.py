@@ -122,6 +122,7 @@ def probe_buffer(size: int) -> tuple[Buffer, str]:
     When the kernel hides PFNs (not root) or pagemap is missing, the buffer is the seeded
     geometric model (mean run 4 pages) instead, and the note says so.
     """
+    _KEEP.pop(size, None)  # a fresh probe: give the old buffer's pages back first
     got = real_buffer(size)
     if isinstance(got, str):
         pfns = fragmented_pfns(size // PAGE_SIZE, 4.0, seed=0)
