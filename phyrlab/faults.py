@@ -81,6 +81,17 @@ def first_failure(point: str, n: int) -> int:
     return k
 
 
+def next_failure(point: str, n: int) -> int:
+    """The index (``0..n-1``) of the first of the next ``n`` calls at ``point`` that would
+    fail, or ``n``; asks nothing (no counter moves). For batched paths whose calls at two
+    points interleave: find where the sequence stops, then :func:`first_failure` each point
+    with the exact number of calls made."""
+    armed = _armed.get(point)
+    if n <= 0 or armed is None or armed.failed >= armed.times:
+        return max(n, 0)
+    return min(max(armed.nth - armed.calls - 1, 0), n)
+
+
 @contextmanager
 def inject(point: str, nth: int = 1, times: int = 1) -> Iterator[_Armed]:
     """Make the ``nth`` call at ``point`` (and the ``times - 1`` after it) fail."""

@@ -271,8 +271,27 @@ def _map_with_peers(dev, addr, length, bus, direction):
     return out_d, out_l, out_b, out_bus, inner, bool(inner and inner.per_range)
 
 
+def _many(ops, what: str):
+    """The backend's batched ``map_phys_many``/``unmap_phys_many`` when its ``batch`` is on."""
+    return getattr(ops, what, None) if getattr(ops, "batch", False) else None
+
+
 def _map_per_range(dev, addr: np.ndarray, length: np.ndarray, direction: str) -> np.ndarray:
+    """``map_phys`` range by range; on failure unmap the mapped ones in reverse order.
+
+    A backend with ``batch`` on and ``map_phys_many``/``unmap_phys_many`` makes the same
+    calls at once (the loop below is the reference).
+    """
     ops = dev.ops
+    many = _many(ops, "map_phys_many")
+    if many is not None:
+        out, exc = many(dev, addr, length, direction)
+        if exc is None:
+            return out
+        i = len(out)
+        ops.unmap_phys_many(dev, out[::-1], length[:i][::-1], direction)
+        raise DmaMappingError(exc.errno, f"range {i}: {str(exc).split(': ', 1)[-1]}"
+                              ) from exc
     out = np.empty(addr.size, dtype=U64)
     for i in range(addr.size):
         try:
@@ -315,7 +334,9 @@ def dma_unmap(dev, dma_list: DmaList, direction: str | None = None) -> DmaStats:
             dma_list.mapped = False
             return _diff(dev, before)
         dma, dlen, cookie, per_range = cookie.dma, cookie.dlen, cookie.cookie, cookie.per_range
-    if per_range:
+    if per_range and _many(ops, "unmap_phys_many") is not None:
+        ops.unmap_phys_many(dev, dma, dlen, dma_list.direction)
+    elif per_range:
         for a, n in zip(dma.tolist(), dlen.tolist(), strict=True):
             ops.unmap_phys(dev, a, n, dma_list.direction)
     else:

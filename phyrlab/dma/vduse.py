@@ -28,7 +28,7 @@ import numpy as np
 
 from phyrlab.dma.ops import DmaMapOps, OpsEntry, check_direction, register_family
 from phyrlab.errors import DmaMappingError
-from phyrlab.faults import should_fail
+from phyrlab.faults import first_failure, next_failure, should_fail
 from phyrlab.units import PAGE_SHIFT, PAGE_SIZE, SZ_64M
 
 #: ``VDUSE_BOUNCE_SIZE`` (v6.2 vduse_dev.c).
@@ -38,7 +38,14 @@ IOVA_START_PFN = 1
 
 
 class VduseOps(DmaMapOps):
-    """Per-range bounce through the VDUSE domain; no ``map_sg``."""
+    """Per-range bounce through the VDUSE domain; no ``map_sg``.
+
+    ``batch`` (default True): :meth:`map_phys_many`/:meth:`unmap_phys_many` stand for
+    consecutive :meth:`map_phys`/:meth:`unmap_phys` calls with array operations;
+    ``_map_per_range`` (phyrlab.dma.mapping) uses them. False keeps the per-call reference.
+    """
+
+    batch: bool = True
 
     def __init__(self, entry: OpsEntry | None = None, **params: Any):
         unknown = sorted(set(params) - {"bounce_size"})
@@ -128,6 +135,130 @@ class VduseOps(DmaMapOps):
         del self.live[pfn]
         self.orig_phys[pfn:pfn + npages] = np.iinfo(np.uint64).max
         self.iova_used[pfn:pfn + npages] = False
+
+    # -- many calls at once (exactly the per-call sequence) ---------------------------------
+    def _plan_iova(self, npages: np.ndarray, horizon: int) -> tuple[np.ndarray, int]:
+        """IOVA pfns of consecutive fault-free ``_alloc_iova(npages[i])`` calls, ``i <
+        horizon``, on a copy of the bitmap: ``(pfns, e)`` with ``e`` the first that fails.
+
+        For one size ``m`` the candidates are the multiples of its alignment ``a >= m``, so
+        their windows never overlap: a run of ``r`` equal requests takes the ``r`` highest
+        free candidate windows, in that order, as ``r`` top-down first-fit searches do.
+        """
+        used = self.iova_used.copy()
+        n = len(used)
+        pfns = np.empty(horizon, dtype=np.int64)
+        if horizon == 0:
+            return pfns, 0
+        change = np.flatnonzero(npages[1:horizon] != npages[:horizon - 1]) + 1
+        bounds = [0, *change.tolist(), horizon]
+        for i, j in zip(bounds[:-1], bounds[1:], strict=True):
+            m = int(npages[i])
+            align = 1 << max(0, (m - 1).bit_length())
+            top = (n - m) // align * align
+            if top < 0:
+                return pfns[:i], i
+            cand = np.arange(top, -1, -align)
+            cs = np.concatenate(([0], np.cumsum(used, dtype=np.int32)))
+            hits = cand[(cs[cand + m] - cs[cand]) == 0][:j - i]
+            pfns[i:i + len(hits)] = hits
+            used[(hits[:, None] + np.arange(m)).ravel()] = True
+            if len(hits) < j - i:
+                return pfns[:i + len(hits)], i + len(hits)
+        return pfns, horizon
+
+    def map_phys_many(self, dev: Any, addr: np.ndarray, length: np.ndarray, direction: str
+                      ) -> tuple[np.ndarray, DmaMappingError | None]:
+        """Consecutive :meth:`map_phys` of ``(addr[i], length[i])`` until one fails: the DMA
+        addresses of the ``k`` mapped and the failing call's error (None when all mapped).
+
+        State, counters and fault-injection calls end as after those ``k + 1`` calls.
+        """
+        check_direction(direction)
+        addr = np.asarray(addr, dtype=np.uint64)
+        length = np.asarray(length, dtype=np.uint64)
+        zero = np.flatnonzero(length == 0)
+        n = int(zero[0]) if zero.size else len(addr)
+        npages = ((length[:n] + np.uint64(PAGE_SIZE - 1)) >> np.uint64(PAGE_SHIFT)
+                  ).astype(np.int64)
+        h = next_failure("iova_alloc", n)
+        pfns, e = self._plan_iova(npages, h)
+        m = npages[:e]
+        rel = np.arange(int(m.sum()), dtype=np.int64) - np.repeat(np.cumsum(m) - m, m)
+        pages = np.repeat(pfns, m) + rel
+        need = ~self.bounce_page[pages]
+        b = np.bincount(np.repeat(np.arange(e), m), weights=need, minlength=e
+                        ).astype(np.int64) if e else np.zeros(0, np.int64)
+        cb = np.cumsum(b)
+        kb = next_failure("bounce_alloc", int(cb[-1]) if e else 0)
+        if e and kb < cb[-1]:  # a bounce page fails in range jb, after its IOVA
+            jb = int(np.searchsorted(cb, kb, side="right"))
+            first_failure("iova_alloc", jb + 1)
+            first_failure("bounce_alloc", kb + 1)
+            ok = jb
+        else:
+            first_failure("iova_alloc", min(e + 1, n))
+            first_failure("bounce_alloc", int(cb[-1]) if e else 0)
+            ok = e
+        fails = ok < n
+        if ok + fails:
+            self.count("entries_walked", ok + fails)
+        exc = None
+        if ok < e:  # bounce failure: the pages before the failing one keep their bounce page
+            q = int(kb - (cb[ok] - b[ok]))  # the q-th page of range ok lacking one fails
+            lo = int(m[:ok].sum())
+            win = slice(lo, lo + int(m[ok]))
+            nw = pages[win][need[win]]
+            self.bounce_page[nw[:q]] = True
+            self.count("iova_allocs", ok + 1)
+            exc = DmaMappingError(
+                "ENOMEM", f"{self.name}: bounce page allocation failed at IOVA page "
+                f"{int(nw[q]):#x} (DMA_MAPPING_ERROR)")
+        else:
+            if ok:
+                self.count("iova_allocs", ok)
+            if fails:
+                exc = DmaMappingError(
+                    "ENOMEM", f"{self.name}: no IOVA for {int(npages[ok])} pages below the "
+                    f"bounce limit {self.bounce_size:#x} (DMA_MAPPING_ERROR)")
+        np_ok = int(m[:ok].sum())
+        done = pages[:np_ok]
+        self.iova_used[done] = True
+        self.bounce_page[done] = True
+        self.orig_phys[done] = np.repeat(addr[:ok], m[:ok]) + rel[:np_ok].astype(np.uint64) \
+            * np.uint64(PAGE_SIZE)
+        self.live.update(zip(pfns[:ok].tolist(), m[:ok].tolist(), strict=True))
+        if ok and direction in ("to_device", "bidirectional"):
+            self.count("bounce_bytes", int(length[:ok].sum(dtype=np.uint64)))
+        if exc is None and n < len(addr):  # map_phys of a zero size
+            self.count("entries_walked")
+            raise ValueError(f"{self.name}: map of 0 bytes at {int(addr[n]):#x}")
+        return (pfns[:ok].astype(np.uint64) << np.uint64(PAGE_SHIFT)), exc
+
+    def unmap_phys_many(self, dev: Any, dma_addr: np.ndarray, size: np.ndarray,
+                        direction: str) -> None:
+        """Consecutive :meth:`unmap_phys` calls (the per-call loop when one would raise)."""
+        check_direction(direction)
+        dma_addr = np.asarray(dma_addr, dtype=np.uint64)
+        size = np.asarray(size, dtype=np.uint64)
+        pfn = (dma_addr >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        npages = ((size + np.uint64(PAGE_SIZE - 1)) >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        live = self.live
+        pl = pfn.tolist()
+        if (len(set(pl)) != len(pl) or (size == 0).any()
+                or [live.get(p) for p in pl] != npages.tolist()):
+            for a, s in zip(dma_addr.tolist(), size.tolist(), strict=True):
+                self.unmap_phys(dev, a, s, direction)
+            return
+        if len(pl) and direction in ("from_device", "bidirectional"):
+            self.count("bounce_bytes", int(size.sum(dtype=np.uint64)))
+        for p in pl:
+            del live[p]
+        rel = np.arange(int(npages.sum()), dtype=np.int64) - np.repeat(
+            np.cumsum(npages) - npages, npages)
+        pages = np.repeat(pfn, npages) + rel
+        self.orig_phys[pages] = np.iinfo(np.uint64).max
+        self.iova_used[pages] = False
 
     def map_sg(self, dev: Any, addr: np.ndarray, length: np.ndarray,
                direction: str) -> tuple[np.ndarray, np.ndarray, Any]:

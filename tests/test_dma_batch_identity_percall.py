@@ -1,0 +1,167 @@
+"""Per-call backends mapped many ranges at once give exactly what the per-call loops give.
+
+``VduseOps.batch`` (``map_phys_many``/``unmap_phys_many`` behind ``_map_per_range``),
+``XenGrantOps.batch`` (``map_sg``/``unmap_sg`` over consecutive grant runs) and
+``S390Ops.batch`` (``s390_dma_map_sg`` segment cut and back-to-back IOVA runs) switch between
+array operations and the per-call transcription of the kernel's loops, which
+tests/test_dma_families.py holds to the kernel. Random range lists, device limits, domain and
+table states and injected faults (``phyrlab.faults``) must give the same DMA lists, errnos,
+messages, counters, allocator state and fault-injection counts either way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from phyrlab import faults
+from phyrlab.dma.device import Device
+from phyrlab.dma.mapping import dma_map, dma_unmap
+from phyrlab.errors import DmaMappingError
+from phyrlab.units import DMA_BIT_MASK, PAGE_SIZE, ULONG_MAX
+
+U = np.uint64
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
+                    phases=[Phase.explicit, Phase.generate],
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.data_too_large])
+DIRECTIONS = ["bidirectional", "to_device", "from_device"]
+
+
+@pytest.fixture(autouse=True)
+def _reset_faults():
+    faults.reset()
+    yield
+    faults.reset()
+
+
+@st.composite
+def range_lists(draw, max_n: int = 60):
+    """Entries contiguous with the previous one, page aligned elsewhere, or at an offset;
+    1 byte to a few pages long."""
+    n = draw(st.integers(1, max_n))
+    base = draw(st.sampled_from([0x1_0000_0000, 0x10_0000, 0x3F00_0000]))
+    kinds = draw(st.lists(st.sampled_from("cpo"), min_size=n, max_size=n))
+    sizes = draw(st.lists(st.sampled_from([1, 512, 4096, 4096, 4096, 8192, 12288, 4096 * 5,
+                                           65536, 3000]), min_size=n, max_size=n))
+    gaps = draw(st.lists(st.integers(1, 64), min_size=n, max_size=n))
+    offs = draw(st.lists(st.integers(1, 4095), min_size=n, max_size=n))
+    addr, length, pos = [], [], base
+    for i in range(n):
+        if kinds[i] == "c" and i:
+            a = pos
+        else:
+            a = ((pos + PAGE_SIZE - 1) // PAGE_SIZE + gaps[i]) * PAGE_SIZE
+            if kinds[i] == "o":
+                a += offs[i]
+        addr.append(a)
+        length.append(sizes[i])
+        pos = a + sizes[i]
+    return np.array(addr, U), np.array(length, U)
+
+
+faults_armed = st.lists(st.tuples(st.one_of(st.integers(1, 4), st.integers(1, 80)),
+                                  st.integers(1, 3)), min_size=0,
+                        max_size=1)
+
+
+def _drive(name: str, params: dict, limits: dict, lists, directions, unmap_every: int,
+           armed: dict, batch: bool, state) -> list:
+    """Map every list in turn through ``dma_map`` (unmapping some), the armed faults on the
+    last list; everything observable after each step."""
+    faults.reset()
+    dev = Device(name, ops_params=params, **limits)
+    ops = dev.ops
+    ops.batch = batch
+    seen, live = [], []
+    for k, (addr, length) in enumerate(lists):
+        direction = directions[k % len(directions)]
+        try:
+            if k == len(lists) - 1 and armed:
+                with _inject(armed):
+                    m = dma_map(dev, (addr, length), direction)
+            else:
+                m = dma_map(dev, (addr, length), direction)
+            live.append(m)
+            seen.append(("ok", m.dma_addr.tobytes(), m.length.tobytes(), m.bounced.tobytes(),
+                         dict(m.stats)))
+        except DmaMappingError as exc:
+            seen.append(("err", exc.errno, str(exc)))
+        if unmap_every and live and k % unmap_every == 0:
+            seen.append(dict(dma_unmap(dev, live.pop(0))))
+        seen.append(state(ops))
+        seen.append((dict(faults.stats.calls), dict(faults.stats.failed)))
+    for m in live:
+        seen.append(dict(dma_unmap(dev, m)))
+    seen.append(state(ops))
+    seen.append(dev.resources())
+    return seen
+
+
+class _inject:
+    """Arm several fault points at once."""
+
+    def __init__(self, armed: dict):
+        self.armed = armed
+        self.cms = []
+
+    def __enter__(self):
+        for point, (nth, times) in self.armed.items():
+            cm = faults.inject(point, nth=nth, times=times)
+            cm.__enter__()
+            self.cms.append(cm)
+
+    def __exit__(self, *exc):
+        for cm in reversed(self.cms):
+            cm.__exit__(None, None, None)
+
+
+# --------------------------------------------------------------------------- VDUSE
+def _vduse_state(ops) -> tuple:
+    return (ops.iova_used.tobytes(), ops.bounce_page.tobytes(), ops.orig_phys.tobytes(),
+            list(ops.live.items()), dict(ops.stats))
+
+
+@SETTINGS
+@given(lists=st.lists(range_lists(), min_size=1, max_size=4),
+       bounce_pages=st.sampled_from([2, 16, 64, 200, 1024]),
+       directions=st.lists(st.sampled_from(DIRECTIONS), min_size=1, max_size=3),
+       max_seg=st.sampled_from([4096, 65536, 1 << 20]), unmap_every=st.integers(0, 2),
+       iova=faults_armed, bounce=faults_armed)
+def test_vduse_map_phys_many_equals_per_call(lists, bounce_pages, directions, max_seg,
+                                             unmap_every, iova, bounce):
+    params = {"bounce_size": bounce_pages * PAGE_SIZE}
+    limits = {"dma_mask": DMA_BIT_MASK(64), "max_seg_size": max_seg}
+    armed = dict([("iova_alloc", t) for t in iova] + [("bounce_alloc", t) for t in bounce])
+    out = [_drive("vduse_dev_dma_ops", params, limits, lists, directions, unmap_every, armed,
+                  b, _vduse_state) for b in (True, False)]
+    assert out[0] == out[1]
+
+
+@pytest.mark.parametrize("n", [1, 5000, 20_000])
+def test_vduse_fills_identically_at_scale(n):
+    """Thousands of separate 4 KiB pages (and odd sizes) fill the 64 MiB domain the same way."""
+    rng = np.random.default_rng(3)
+    pfn = np.sort(rng.choice(1 << 22, n, replace=False)).astype(U)
+    addr = U(0x1_0000_0000) + pfn * U(4 * PAGE_SIZE)
+    length = np.full(n, PAGE_SIZE, U)
+    length[::5] = 3 * PAGE_SIZE
+    length[::11] = 100
+    out = [_drive("vduse_dev_dma_ops", {}, {"dma_mask": DMA_BIT_MASK(64)},
+                  [(addr, length)] * 2, ["bidirectional"], 1, {}, b, _vduse_state)
+           for b in (True, False)]
+    assert out[0] == out[1]
+
+
+def test_vduse_unmap_phys_many_bad_list_raises_as_per_call():
+    """A list holding a mapping twice: the batched unmap stops where the loop stops."""
+    dev = Device("vduse_dev_dma_ops", ops_params={"bounce_size": 64 * PAGE_SIZE})
+    ops = dev.ops
+    a = [ops.map_phys(dev, 0x10_0000 + i * 0x3000, 5000, "to_device") for i in range(3)]
+    dma = np.array([a[0], a[1], a[0], a[2]], U)
+    size = np.full(4, 5000, U)
+    with pytest.raises(ValueError, match="does not match a live mapping"):
+        ops.unmap_phys_many(dev, dma, size, "to_device")
+    assert list(ops.live) == [a[2] >> 12]
