@@ -70,7 +70,11 @@ Speed (``TableOps.batch``, exact): the greedy chunk cut and the allocations that
 search places back to back from its hint (free space, no boundary crossing, no alignment gap)
 are decided with array operations; any other allocation, and every one with
 ``batch = False``, goes through :meth:`IommuTable.area_alloc` one at a time, asking the
-``iommu_area_alloc`` fault point once per allocation either way.
+``iommu_area_alloc`` fault point once per allocation either way. A list much longer than the
+table is cut from a growing prefix until the outcome is decided (the prefix's chunks need more
+pages than the table has free, or one lies beyond GART's ``max_phys``): the failing chunk, the
+message, the counters and the unwind are those of the whole-list walk, which ``batch = False``
+still does.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ from phyrlab.dma.ops import (
     sg_arrays,
 )
 from phyrlab.errors import DmaMappingError
-from phyrlab.faults import should_fail
+from phyrlab.faults import first_failure, should_fail
 from phyrlab.units import U64_MAX
 
 #: ``VIO_CMO_MIN_ENT`` (arch/powerpc/include/asm/vio.h): a CMO device's minimum entitlement.
@@ -322,6 +326,9 @@ class TableOps(DmaMapOps):
     """
 
     batch: bool = True
+    #: entries in the first prefix :meth:`_map_sg_chunks` cuts (None: what the free
+    #: entries suggest); tests set it small to walk the prefix through every growth step.
+    first_prefix: int | None = None
 
     def __init__(self, entry: OpsEntry | None = None, table: TableParams | None = None,
                  **params: Any):
@@ -538,11 +545,9 @@ class TableOps(DmaMapOps):
             ok &= (starts & align) == 0
         bad = np.flatnonzero(~ok)
         m = int(bad[0]) if len(bad) else len(pages)
-        faulted = False
-        for j in range(m):  # the fault point is asked once per allocation, as per entry
-            if should_fail("iommu_area_alloc"):
-                m, faulted = j, True
-                break
+        # the fault point is asked once per allocation, as per entry, up to the first failure
+        j = first_failure("iommu_area_alloc", m)
+        m, faulted = j, j < m
         if m == 0:
             return 0, faulted
         e = int(ends[m - 1])
@@ -578,13 +583,26 @@ class TableOps(DmaMapOps):
             self._after_free_seq(index, npages)
 
     def _after_free_seq(self, index: np.ndarray, npages: np.ndarray) -> None:
-        """``_after_free`` of each entry in order (the hint only moves up: scalar loop)."""
+        """``_after_free`` of each entry in order: ascending runs (an unwind) and alpha's
+        fixed hint at once, anything else in a scalar loop (the hint only moves up)."""
         bump = self.p.bump_on_free
         alpha = (self.p.alloc == "next_fit" and "wrap" in self.p.flush
                  and self.p.merge == "classify")
         if not (bump or alpha):
             return
         nb, flushes = self.next_bit, 0
+        if len(index) and not (bump and alpha):
+            ends = index + npages
+            if bump and len(index) > 1 and (index[1:] >= ends[:-1]).all():
+                # ascending runs: from the first at or above the hint, each moves it
+                if int(index[-1]) >= nb:
+                    self.next_bit = int(ends[-1])
+                return
+            if alpha:  # the hint does not move: count the runs freed at or above it
+                flushes = int(np.count_nonzero(index >= nb))
+                if flushes:
+                    self.count("iotlb_flushes", flushes)
+                return
         for i0, n0 in zip(index.tolist(), npages.tolist(), strict=True):
             if bump and i0 >= nb:
                 nb = i0 + n0
@@ -749,7 +767,8 @@ class TableOps(DmaMapOps):
         if len(zero):
             raise ValueError(f"{self.name}: entry {int(zero[0])} has length 0")
         self.count("entries_walked", n)
-        self._cache(int(length.sum()))
+        if not self.p.coherent:
+            self._cache(int(length.sum()))
         cmo = int(self._roundup_io(length).sum()) if self.p.entitlement is not None else 0
         if not self._cmo_alloc(cmo):
             raise DmaMappingError(
@@ -763,7 +782,8 @@ class TableOps(DmaMapOps):
             if self.p.merge == "dma_contig":
                 out = self._map_sg_contig(dev, addr, length)
             else:
-                out = self._map_sg_chunks(dev, addr, length, self._chunks(dev, addr, length))
+                out = self._map_sg_chunks(
+                    dev, addr, length, lambda m: self._chunks(dev, addr[:m], length[:m]))
         except DmaMappingError:
             self._cmo_dealloc(cmo)
             raise
@@ -823,9 +843,10 @@ class TableOps(DmaMapOps):
         io = _U64(self.p.io_page - 1)
         merge = self.p.merge
         need = self._need(dev, addr, length)
-        if merge == "none" or n == 1:
-            brk = np.ones(n, dtype=bool)
-        elif merge == "vmerge" and not self.p.iommu_merge:
+        if merge == "none" or n == 1 or (merge == "vmerge" and not self.p.iommu_merge):
+            if self.batch:  # every entry is its own chunk
+                first = np.arange(n, dtype=np.int64)
+                return first, first + 1, need
             brk = np.ones(n, dtype=bool)
         elif merge == "vmerge":
             end = addr + length
@@ -913,75 +934,128 @@ class TableOps(DmaMapOps):
         return min(cap, boundary) if boundary else cap
 
     def _map_sg_chunks(self, dev: Any, addr: np.ndarray, length: np.ndarray,
-                       chunks: tuple[np.ndarray, np.ndarray, np.ndarray],
-                       retried: bool = False):
+                       chunker: Any, retried: bool = False):
         """Allocate one table run per chunk (``dma_map_cont`` / ``sg_fill`` /
-        ``__map_sg_chunk``), then write every PTE in one array operation."""
-        io = self.p.io_page
-        io_mask = _U64(io - 1)
-        first, ends, translate = chunks
+        ``__map_sg_chunk``), then write every PTE in one array operation.
+
+        ``chunker(m)`` gives the ``(first, end, translate)`` chunks of the first ``m`` entries.
+        With :attr:`batch` the list is cut from a prefix that grows until the outcome is
+        decided: every chunk but the prefix's last is a chunk of the whole list (the cut is
+        greedy from each run's start), allocations only take entries, so once the translated
+        chunks of the prefix need more pages than the table has free (or one lies beyond
+        ``max_phys``) the map fails at or before that chunk, as the whole-list walk does.
+        """
+        n = len(addr)
+        free = self.table.size - int(np.count_nonzero(self.table.map))
+        m = min(n, self.first_prefix or free + free // 8 + 64) if self.batch else n
+        while True:
+            first, ends, translate = chunker(m)
+            if m < n:  # the prefix's last chunk may go on past it
+                first, ends, translate = first[:-1], ends[:-1], translate[:-1]
+            plan = self._plan_chunks(dev, addr, length, first, ends, translate)
+            tpages, stop = plan["tpages"], plan["stop"]
+            if m == n or stop < len(tpages) or int(tpages.sum()) > free:
+                break
+            total = int(tpages.sum())
+            m = n if total == 0 else min(n, max(2 * m, m * (free + 1) // total * 5 // 4 + 64))
         k = len(first)
-        end_addr = addr + length
-        # sub-runs: physically contiguous pieces of a chunk share their boundary pages
-        sub = np.zeros(len(addr), dtype=bool)
-        sub[first] = True
-        sub[1:] |= addr[1:] != end_addr[:-1]
-        sub_idx = np.flatnonzero(sub)
-        sub_addr = addr[sub_idx]
-        sub_len = np.add.reduceat(length, sub_idx).astype(np.uint64)
-        sub_pages = iommu_num_pages(sub_addr, sub_len, io).astype(np.int64)
-        sub_chunk = np.searchsorted(first, sub_idx, side="right") - 1
-        chunk_pages = np.bincount(sub_chunk, weights=sub_pages, minlength=k).astype(np.int64)
-        chunk_subs = np.bincount(sub_chunk, minlength=k)
-        seg_len = np.add.reduceat(length, first).astype(np.uint64)
-        p0 = addr[first]
-        dma = p0.copy()
-        tr = np.zeros(k, dtype=bool)
-        idx_of = np.full(k, -1, dtype=np.int64)
-        window = self.p.merge == "classify" and self.p.window[1] > 0
-        # chunks that need a table run, in order: alpha's window maps a physically
-        # contiguous chunk directly (a pure address test); GART refuses beyond max_phys
-        tc = np.flatnonzero(translate)
-        if window and len(tc):
-            win = (chunk_subs[tc] == 1) & self._in_window_array(dev, p0[tc], seg_len[tc])
-            dma[tc[win]] = p0[tc[win]] + _U64(self.p.window[0])
-            tc = tc[~win]
-        stop = len(tc)
-        if self.p.max_phys and len(tc):
-            beyond = np.flatnonzero(end_addr[ends[tc] - 1] > _U64(self.p.max_phys))
-            stop = int(beyond[0]) if len(beyond) else stop
-        got = self._alloc_seq(dev, chunk_pages[tc[:stop]])
-        taken = tc[:len(got)]
+        tc, win = plan["tc"], plan["win"]
+        got = self._alloc_seq(dev, tpages[:stop])
         if len(got) < len(tc):
-            c = int(tc[len(got)])
-            npages = int(chunk_pages[c])
-            tp = chunk_pages[taken]
+            g = len(got)
+            c = int(tc[g])
+            tp = tpages[:g]
             self.count("pte_writes", 2 * int(tp.sum()))  # written, then cleared
             self._free_seq(got, tp)
             self._flush_gart()
             if self.p.retry_nonforce and not retried and (self.p.force or self.p.iommu_merge):
-                one = np.arange(len(addr), dtype=np.int64)
-                per = (one, one + 1, self._need_nonforce(dev, addr, length))
+                def per(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    one = np.arange(m, dtype=np.int64)
+                    return one, one + 1, self._need_nonforce(dev, addr[:m], length[:m])
                 return self._map_sg_chunks(dev, addr, length, per, retried=True)
             a, b = int(first[c]), int(ends[c])
             raise DmaMappingError(
-                self.p.sg_errno, f"{self.name}: map_sg: no room for {npages} I/O pages "
-                f"at DMA segment {c} (input entries {a}..{b - 1}); "
+                self.p.sg_errno, f"{self.name}: map_sg: no room for {int(tpages[g])} I/O "
+                f"pages at DMA segment {c} (input entries {a}..{b - 1}); "
                 f"{self.table.in_use()} of {self.p.entries} entries in use")
-        idx_of[taken] = got
-        tr[taken] = True
-        dma[taken] = (_U64(self.p.dma_base) + (got.astype(np.uint64) << _U64(self.p.io_page_shift))
-                      + (p0[taken] & io_mask))
-        if len(taken):
-            # table index of each sub-run: its chunk's base plus the pages before it
-            s_tr = tr[sub_chunk]
-            before = np.cumsum(sub_pages) - sub_pages
-            chunk_first_sub = np.searchsorted(sub_chunk, np.arange(k))
-            base = idx_of[sub_chunk] + before - before[chunk_first_sub[sub_chunk]]
-            self._write_runs(base[s_tr], sub_addr[s_tr], sub_pages[s_tr])
-            self._hcalls_per(chunk_pages[tr])
+        assert m == n, "a decided prefix always fails"
+        io_mask = _U64(self.p.io_page - 1)
+        p0, seg_len = plan["p0"], plan["seg_len"]
+        dma = p0.copy()
+        if len(win):
+            dma[win] = p0[win] + _U64(self.p.window[0])
+        tr = np.zeros(k, dtype=bool)
+        if len(tc):
+            tr[tc] = True
+            dma[tc] = (_U64(self.p.dma_base)
+                       + (got.astype(np.uint64) << _U64(self.p.io_page_shift))
+                       + (p0[tc] & io_mask))
+            if plan["single"]:  # one sub-run per chunk
+                self._write_runs(got, p0[tc], tpages)
+            else:
+                # table index of each sub-run: its chunk's base plus the pages before it
+                sub_chunk, sub_addr, sub_pages = plan["subs"]
+                idx_of = np.full(k, -1, dtype=np.int64)
+                idx_of[tc] = got
+                s_tr = tr[sub_chunk]
+                before = np.cumsum(sub_pages) - sub_pages
+                chunk_first_sub = np.searchsorted(sub_chunk, np.arange(k))
+                base = idx_of[sub_chunk] + before - before[chunk_first_sub[sub_chunk]]
+                self._write_runs(base[s_tr], sub_addr[s_tr], sub_pages[s_tr])
+            self._hcalls_per(tpages)
         self._flush_gart()
-        return dma, seg_len, tr
+        return dma, seg_len.copy() if plan["single"] else seg_len, tr
+
+    def _plan_chunks(self, dev: Any, addr: np.ndarray, length: np.ndarray, first: np.ndarray,
+                     ends: np.ndarray, translate: np.ndarray) -> dict[str, Any]:
+        """What :meth:`_map_sg_chunks` needs of chunks ``first..ends``: each chunk's first
+        address ``p0`` and length; ``tc``, the chunks that need a table run, in order, and
+        ``tpages`` their I/O pages; ``stop``, how many of them come before the first that
+        GART refuses (beyond ``max_phys``); ``win``, alpha's direct-mapped chunks."""
+        io = self.p.io_page
+        k = len(first)
+        e = int(ends[-1]) if k else 0
+        a, ln = addr[:e], length[:e]
+        single = k == e  # every chunk is one entry
+        plan: dict[str, Any] = {"single": single, "subs": None}
+        if single:
+            p0, seg_len = a, ln
+        else:
+            p0 = a[first]
+            seg_len = np.add.reduceat(ln, first).astype(np.uint64)
+        tc = np.flatnonzero(translate)
+        win = tc[:0]
+        if single:
+            subs_of_tc = None
+            tpages = iommu_num_pages(p0[tc], seg_len[tc], io).astype(np.int64)
+        else:
+            # sub-runs: physically contiguous pieces of a chunk share their boundary pages
+            end_addr = a + ln
+            sub = np.zeros(e, dtype=bool)
+            sub[first] = True
+            sub[1:] |= a[1:] != end_addr[:-1]
+            sub_idx = np.flatnonzero(sub)
+            sub_addr = a[sub_idx]
+            sub_len = np.add.reduceat(ln, sub_idx).astype(np.uint64)
+            sub_pages = iommu_num_pages(sub_addr, sub_len, io).astype(np.int64)
+            sub_chunk = np.searchsorted(first, sub_idx, side="right") - 1
+            chunk_pages = np.bincount(sub_chunk, weights=sub_pages, minlength=k).astype(np.int64)
+            subs_of_tc = np.bincount(sub_chunk, minlength=k)[tc]
+            tpages = chunk_pages[tc]
+            plan["subs"] = (sub_chunk, sub_addr, sub_pages)
+        if self.p.merge == "classify" and self.p.window[1] > 0 and len(tc):
+            # alpha's window maps a physically contiguous chunk directly (an address test)
+            w = self._in_window_array(dev, p0[tc], seg_len[tc])
+            if subs_of_tc is not None:
+                w &= subs_of_tc == 1
+            win, tc, tpages = tc[w], tc[~w], tpages[~w]
+        stop = len(tc)
+        if self.p.max_phys and len(tc):
+            last = ends[tc] - 1
+            beyond = np.flatnonzero(a[last] + ln[last] > _U64(self.p.max_phys))
+            stop = int(beyond[0]) if len(beyond) else stop
+        plan.update(p0=p0, seg_len=seg_len, tc=tc, win=win, tpages=tpages, stop=stop)
+        return plan
 
     def _write_runs(self, index: np.ndarray, addr: np.ndarray, npages: np.ndarray) -> None:
         """Write ``npages[i]`` PTEs from table index ``index[i]`` for the run at ``addr[i]``."""
