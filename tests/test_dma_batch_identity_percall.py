@@ -20,7 +20,7 @@ from phyrlab import faults
 from phyrlab.dma.device import Device
 from phyrlab.dma.mapping import dma_map, dma_unmap
 from phyrlab.errors import DmaMappingError
-from phyrlab.units import DMA_BIT_MASK, PAGE_SIZE, ULONG_MAX
+from phyrlab.units import DMA_BIT_MASK, PAGE_SIZE
 
 U = np.uint64
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
@@ -165,3 +165,51 @@ def test_vduse_unmap_phys_many_bad_list_raises_as_per_call():
     with pytest.raises(ValueError, match="does not match a live mapping"):
         ops.unmap_phys_many(dev, dma, size, "to_device")
     assert list(ops.live) == [a[2] >> 12]
+
+
+# --------------------------------------------------------------------------- Xen grants
+def _grant_state(ops) -> tuple:
+    return (ops.free.tobytes(), ops.frames.tobytes(), ops.low_free, dict(ops.stats))
+
+
+@SETTINGS
+@given(lists=st.lists(range_lists(), min_size=1, max_size=5),
+       nr_grants=st.sampled_from([12, 40, 100, 400]),
+       directions=st.lists(st.sampled_from(DIRECTIONS), min_size=1, max_size=3),
+       max_seg=st.sampled_from([4096, 65536, 1 << 20]), unmap_every=st.integers(0, 2),
+       grant=faults_armed)
+def test_xen_grant_map_sg_batched_equals_per_call(lists, nr_grants, directions, max_seg,
+                                                  unmap_every, grant):
+    params = {"nr_grants": nr_grants}
+    limits = {"dma_mask": DMA_BIT_MASK(64), "max_seg_size": max_seg}
+    armed = {"grant_alloc": t for t in grant}
+    out = [_drive("xen_grant_dma_ops", params, limits, lists, directions, unmap_every, armed,
+                  b, _grant_state) for b in (True, False)]
+    assert out[0] == out[1]
+
+
+def test_xen_grant_fills_identically_at_scale():
+    rng = np.random.default_rng(5)
+    n = 40_000
+    pfn = np.sort(rng.choice(1 << 22, n, replace=False)).astype(U)
+    addr = U(0x1_0000_0000) + pfn * U(4 * PAGE_SIZE)
+    length = np.full(n, PAGE_SIZE, U)
+    length[::3] = 2 * PAGE_SIZE + 7
+    addr[::7] += U(100)
+    small = (addr[:9000:2].copy(), length[:9000:2].copy())
+    out = [_drive("xen_grant_dma_ops", {}, {"dma_mask": DMA_BIT_MASK(64)},
+                  [small, (addr, length), small], ["to_device"], 1, {}, b, _grant_state)
+           for b in (True, False)]
+    assert out[0] == out[1]
+
+
+def test_xen_grant_unmap_sg_bad_list_raises_as_per_call():
+    dev = Device("xen_grant_dma_ops")
+    ops = dev.ops
+    addr = np.array([0x10_0000, 0x20_0000, 0x30_0000], U)
+    length = np.full(3, PAGE_SIZE, U)
+    dma, dlen, cookie = ops.map_sg(dev, addr, length, "to_device")
+    bad = np.array([dma[0], dma[1], dma[0], dma[2]], U)
+    with pytest.raises(ValueError, match="not a granted address"):
+        ops.unmap_sg(dev, bad, np.full(4, PAGE_SIZE, U), "to_device", cookie)
+    assert ops.resources() == {"grants": 1}

@@ -40,7 +40,7 @@ from phyrlab.dma.ops import (
 )
 from phyrlab.dma.swiotlb import is_swiotlb_force_bounce, swiotlb_max_mapping_size
 from phyrlab.errors import DmaMappingError
-from phyrlab.faults import should_fail
+from phyrlab.faults import first_failure, should_fail
 from phyrlab.units import DMA_BIT_MASK, PAGE_SHIFT
 
 XEN_PAGE_SHIFT = PAGE_SHIFT
@@ -240,7 +240,15 @@ class XenSwiotlbOps(DmaMapOps):
 
 
 class XenGrantOps(DmaMapOps):
-    """``xen_grant_dma_ops``: consecutive grant references per range, address bit 63 set."""
+    """``xen_grant_dma_ops``: consecutive grant references per range, address bit 63 set.
+
+    ``batch`` (default True): ``map_sg``/``unmap_sg`` place the ranges that
+    ``gnttab_alloc_grant_reference_seq`` puts back to back at ``low_free`` with array
+    operations and take the per-call path for any other; False maps range by range (the
+    reference). Grants, counters, errors and fault-injection calls are the same.
+    """
+
+    batch: bool = True
 
     def __init__(self, entry: OpsEntry | None = None, **params: Any):
         unknown = sorted(set(params) - {"nr_grants"})
@@ -310,9 +318,108 @@ class XenGrantOps(DmaMapOps):
                direction: str) -> tuple[np.ndarray, np.ndarray, Any]:
         """``xen_grant_dma_map_sg``: per entry, -EIO after unwinding."""
         try:
+            if self.batch and len(addr):
+                return self._map_sg_batch(dev, addr, length, direction)
             return super().map_sg(dev, addr, length, direction)
         except DmaMappingError as exc:
             raise DmaMappingError("EIO", f"{self.name}: map_sg: {exc}") from None
+
+    def _map_sg_batch(self, dev: Any, addr: np.ndarray, length: np.ndarray,
+                      direction: str) -> tuple[np.ndarray, np.ndarray, Any]:
+        """``map_phys`` of every entry in order (unwinding on failure), at once where the
+        grants go back to back from ``low_free``."""
+        check_direction(direction)
+        addr = np.asarray(addr, dtype=np.uint64)
+        length = np.asarray(length, dtype=np.uint64)
+        n = len(addr)
+        off = addr & _U64(XEN_PAGE_SIZE - 1)
+        npg = ((off + length + _U64(XEN_PAGE_SIZE - 1)) >> _U64(XEN_PAGE_SHIFT)).astype(np.int64)
+        out = np.empty(n, dtype=np.uint64)
+        total = len(self.free)
+        i, w = 0, 64
+        while i < n:
+            c = self.low_free
+            pages = npg[i:i + w]
+            ends = c + np.cumsum(pages)
+            hi = min(total, int(ends[-1]))
+            used = np.flatnonzero(~self.free[c:hi]) if hi > c else np.zeros(0, np.int64)
+            room = c + int(used[0]) if len(used) else hi
+            bad = np.flatnonzero(ends > room)
+            m = int(bad[0]) if len(bad) else len(pages)
+            j = first_failure("grant_alloc", m)  # asked once per call, before the search
+            if j:
+                e = int(ends[j - 1])
+                starts = ends[:j] - pages[:j]
+                self.free[c:e] = False
+                self.low_free = e
+                rel = np.arange(e - c, dtype=np.int64) - np.repeat(starts - c, pages[:j])
+                self.frames[c:e] = np.repeat(addr[i:i + j] >> _U64(XEN_PAGE_SHIFT),
+                                             pages[:j]) + rel.astype(np.uint64)
+                self.count("entries_walked", j)
+                self.count("grants", e - c)
+                out[i:i + j] = _U64(XEN_GRANT_DMA_ADDR_OFF) | (
+                    starts.astype(np.uint64) << _U64(XEN_PAGE_SHIFT)) | off[i:i + j]
+            if j < m:  # the fault: this call's DMA_MAPPING_ERROR
+                self.count("entries_walked")
+                exc = DmaMappingError(
+                    "ENOMEM", f"{self.name}: no {int(npg[i + j])} consecutive grant "
+                    f"references free (DMA_MAPPING_ERROR); {int((~self.free).sum())} of "
+                    f"{total} in use")
+                self._unmap_many(dev, out[:i + j], length[:i + j], direction)
+                raise exc
+            i += m
+            if m == len(pages):
+                w = min(4 * w, 1 << 16)
+                continue
+            w = 64
+            try:  # not back to back at low_free: the per-call search
+                out[i] = self.map_phys(dev, int(addr[i]), int(length[i]), direction)
+            except DmaMappingError:
+                self._unmap_many(dev, out[:i], length[:i], direction)
+                raise
+            i += 1
+        return out, length.copy(), SgCookie()
+
+    def _unmap_many(self, dev: Any, dma_addr: np.ndarray, size: np.ndarray,
+                    direction: str) -> None:
+        """``unmap_phys`` of each entry in order; at once when every entry is a granted
+        address and no two share a reference (else the per-call loop, which raises where
+        the kernel model does)."""
+        dma_addr = np.asarray(dma_addr, dtype=np.uint64)
+        size = np.asarray(size, dtype=np.uint64)
+        if not len(dma_addr):
+            return
+        check_direction(direction)
+        off = dma_addr & _U64(XEN_PAGE_SIZE - 1)
+        npg = ((off + size + _U64(XEN_PAGE_SIZE - 1)) >> _U64(XEN_PAGE_SHIFT)).astype(np.int64)
+        g = ((dma_addr & ~_U64(XEN_GRANT_DMA_ADDR_OFF)) >> _U64(XEN_PAGE_SHIFT)).astype(np.int64)
+        total = len(self.free)
+        valid = bool(np.all(dma_addr & _U64(XEN_GRANT_DMA_ADDR_OFF))) and bool(
+            np.all(g + npg <= total))
+        if valid:
+            order = np.argsort(g, kind="stable")
+            gs, es = g[order], (g + npg)[order]
+            valid = bool(np.all(gs[1:] >= es[:-1]))
+        if valid:
+            rel = np.arange(int(npg.sum()), dtype=np.int64) - np.repeat(np.cumsum(npg) - npg,
+                                                                        npg)
+            refs = np.repeat(g, npg) + rel
+            valid = not self.free[refs].any()
+        if not valid:
+            for a, n in zip(dma_addr.tolist(), size.tolist(), strict=True):
+                self.unmap_phys(dev, a, n, direction)
+            return
+        self.free[refs] = True
+        self.frames[refs] = 0
+        self.low_free = min(self.low_free, int(g.min()))
+
+    def unmap_sg(self, dev: Any, dma_addr: np.ndarray, dma_len: np.ndarray, direction: str,
+                 cookie: Any) -> None:
+        """``xen_grant_dma_unmap_sg``: ``unmap_phys`` per entry."""
+        if self.batch:
+            self._unmap_many(dev, dma_addr, dma_len, direction)
+        else:
+            super().unmap_sg(dev, dma_addr, dma_len, direction, cookie)
 
     def dma_supported(self, dev: Any, mask: int) -> bool:
         """``xen_grant_dma_supported``: only a 64-bit mask."""
