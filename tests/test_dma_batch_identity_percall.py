@@ -182,7 +182,7 @@ def test_xen_grant_map_sg_batched_equals_per_call(lists, nr_grants, directions, 
                                                   unmap_every, grant):
     params = {"nr_grants": nr_grants}
     limits = {"dma_mask": DMA_BIT_MASK(64), "max_seg_size": max_seg}
-    armed = {"grant_alloc": t for t in grant}
+    armed = dict(("grant_alloc", t) for t in grant)
     out = [_drive("xen_grant_dma_ops", params, limits, lists, directions, unmap_every, armed,
                   b, _grant_state) for b in (True, False)]
     assert out[0] == out[1]
