@@ -2,13 +2,14 @@
 
 *map_sg* (the old way): ``sg_alloc_table_from_pages`` then ``dma_map_sgtable`` (one call; the
 DMA result is written into the table) and ``dma_unmap_sgtable``.
-*two-step*: the CPU list (any layout) mapped with ``phyrlab.dma.dma_map_iova``, which drives
-the API as block/blk-mq-dma.c's ``blk_rq_dma_map_iter_start`` does: ``dma_iova_try_alloc``
-once, ``dma_iova_link`` per range, ``dma_iova_sync`` once, and ``dma_iova_destroy`` to
-unmap; when no IOVA can be had (a dma-direct device: ``dma_iova_try_alloc`` returns false)
-it falls back to ``dma_map_phys`` / ``dma_unmap_phys`` per range, and the driver keeps the
-DMA addresses itself (``struct nvme_dma_vec`` per range, as nvme-pci does when
-``!dma_use_iova()``).
+*two-step*: the CPU list (any layout) mapped with ``phyrlab.dma.dma_map_iova`` and unmapped
+with ``dma_unmap_iova``, which drive the API as block/blk-mq-dma.c's
+``blk_rq_dma_map_iter_start`` does: ``dma_iova_try_alloc`` once, ``dma_iova_link`` per range,
+``dma_iova_sync`` once, and ``dma_iova_destroy`` to unmap; when no IOVA can be had (a
+dma-direct device: ``dma_iova_try_alloc`` returns false) it falls back to ``dma_map_phys`` /
+``dma_unmap_phys`` per range, and the driver keeps the DMA addresses itself (``struct
+nvme_dma_vec`` per range, as nvme-pci does when ``!dma_use_iova()``). ``dma_map_iova`` makes
+those per-range calls as batched model updates with the results of the calls one by one.
 
 Counters are the mappings' own ``DmaStats`` (map and unmap); ``calls`` counts the API entry
 points each path made: map_sg 1 + 1; two-step with IOVA 1 (try_alloc) + one link per range +
@@ -34,7 +35,7 @@ from .dma import (
     dma_iova_try_alloc,
     dma_map_iova,
     dma_map_sgtable,
-    dma_unmap,
+    dma_unmap_iova,
     dma_unmap_sgtable,
 )
 from .layouts import LAYOUTS, SCATTERLIST_MAX_SEGMENT, sg_alloc_table_from_pages
@@ -100,7 +101,7 @@ def run_two_step(buffer: Buffer, backend: str, cpu_layout: str = "phyr") -> dict
     dma_side = (DMA_IOVA_STATE_DTYPE.itemsize if iova
                 else np.zeros(len(dl), dtype=DMA_VEC_DTYPE).nbytes)
     mapped, entries = dict(dl.stats), len(dl)
-    unmapped = dict(dma_unmap(dev, dl))
+    unmapped = dict(dma_unmap_iova(dev, dl))
     return {"method": "two-step", "list": cpu_layout + (" + dma_iova_state" if iova
                                                         else " + dma_vec"),
             "cpu_entries": len(x), "dma_entries": entries, "list_bytes": x.nbytes + dma_side,
@@ -114,9 +115,15 @@ def _held(dev: Device) -> int:
     return sum(v for k, v in dev.resources().items())
 
 
+@lru_cache(maxsize=8)
+def _cost_model(model: str) -> cost.CostModel:
+    """``cost.load(model)``, parsed once per model (it is only read)."""
+    return cost.load(model)
+
+
 def priced(run: dict[str, Any], model: str = "x86-default") -> dict[str, float]:
     """Modelled ns of map + unmap, per counter (``calls`` included), and ``total``."""
-    cm = cost.load(model)
+    cm = _cost_model(model)
     p = cm.price(_merge(run["map"], run["unmap"]), calls=run["map_calls"] + run["unmap_calls"])
     out = dict(p.by_key)
     out["total"] = p.total_ns

@@ -281,6 +281,83 @@ def dma_iova_destroy(dev, state: DmaIovaState, mapped_len: int, direction: str) 
         dma_iova_free(dev, state)
 
 
+# --------------------------------------------------------------------------- batched links
+#: :func:`dma_map_iova` links its ranges as one page-table update per batch (True) or with one
+#: :func:`dma_iova_link` per range (False: the reference the batch is tested against).
+LINK_BATCH = True
+
+
+def _link_ranges(dev, ops, state: DmaIovaState, addr: np.ndarray, length: np.ndarray,
+                 direction: str) -> tuple[int, DmaMappingError | None]:
+    """``dma_iova_link(dev, state, addr[k], offset_k, length[k], dir)`` for k = 0, 1, ... in
+    turn (``offset_k`` the bytes before), stopping at the first that fails: returns the bytes
+    linked and that call's error (None when all were linked).
+
+    Ranges a call handles specially - a swiotlb bounce (untrusted device, a range not on the
+    granule), ``-EIO`` (mid-granule start at a non-zero offset), ``-EINVAL`` (IOVA off the
+    granule) - are made as single calls; the stretches between them go to the page table in
+    one update (:meth:`PageTable.map_calls`), with the counters of the calls one by one.
+    """
+    g = ops.granule
+    gm = U64(g - 1)
+    offset = np.cumsum(length, dtype=U64)
+    offset -= length
+    pad = addr & gm
+    iova = (offset + U64(state.addr)) - pad
+    phys = addr - pad
+    size = length + pad
+    size += gm
+    size &= ~gm
+    special = (pad != 0) & (offset != 0)
+    special |= (iova & gm) != 0
+    if dev.untrusted:
+        special |= ((addr | length) & gm) != 0
+    cut = np.flatnonzero(special).tolist()
+    n = addr.size
+    mapped, start = 0, 0
+    for stop in cut + [n]:
+        if stop > start:
+            done, exc = _link_batch(dev, ops, state, iova[start:stop], phys[start:stop],
+                                    size[start:stop], addr[start:stop], length[start:stop],
+                                    int(offset[start]), direction)
+            mapped += int(length[start:start + done].sum(dtype=U64))
+            if exc is not None:
+                return mapped, exc
+        if stop < n:
+            try:
+                dma_iova_link(dev, state, int(addr[stop]), mapped, int(length[stop]),
+                              direction)
+            except DmaMappingError as exc:
+                return mapped, exc
+            mapped += int(length[stop])
+        start = stop + 1
+    return mapped, None
+
+
+def _link_batch(dev, ops, state, iova, phys, size, addr, length, offset: int,
+                direction: str) -> tuple[int, DmaMappingError | None]:
+    """Plain ``__dma_iova_link`` calls (``iova``, ``phys``, ``size`` already granule-padded)
+    as one page-table update; ``(calls that linked, the failing call's error)``."""
+    pt = ops.domain.pt
+    before = ops._pt_counts()
+    res = pt.map_calls(iova, phys, size)
+    if res is None:     # some call raises ValueError: make the calls one by one
+        done = 0
+        try:
+            for a, n in zip(addr.tolist(), length.tolist(), strict=True):
+                dma_iova_link(dev, state, a, offset, n, direction)
+                offset += n
+                done += 1
+        except DmaMappingError as exc:
+            return done, exc
+        return done, None
+    done, exc = res
+    if not dev.coherent:   # __dma_iova_link: arch_sync_dma_for_device before iommu_map
+        ops.count("cache_maint_bytes", int(size[:done + (exc is not None)].sum(dtype=U64)))
+    ops._account(before)
+    return done, exc
+
+
 # --------------------------------------------------------------------------- a block-style user
 def _joins_on_boundary(addr: np.ndarray, length: np.ndarray, mask: int) -> bool:
     """``blk_can_dma_map_iova``: no gap at the merge boundary between ranges."""
@@ -311,9 +388,14 @@ def dma_map_iova(dev, ranges, direction: str = "bidirectional") -> DmaList:
             and dma_iova_try_alloc(dev, state, int(addr[0]), total):
         mapped = 0
         try:
-            for a, n in zip(addr.tolist(), length.tolist(), strict=True):
-                dma_iova_link(dev, state, a, mapped, n, direction)
-                mapped += n
+            if LINK_BATCH:
+                mapped, exc = _link_ranges(dev, ops, state, addr, length, direction)
+                if exc is not None:
+                    raise exc
+            else:
+                for a, n in zip(addr.tolist(), length.tolist(), strict=True):
+                    dma_iova_link(dev, state, a, mapped, n, direction)
+                    mapped += n
         except DmaMappingError:
             dma_iova_destroy(dev, state, mapped, direction)
             raise
@@ -328,8 +410,43 @@ def dma_map_iova(dev, ranges, direction: str = "bidirectional") -> DmaList:
     # blk_map_iter_next clips each phys_vec to get_max_segment_size (max_segment_size and
     # the segment boundary) before blk_dma_map_direct maps it
     addr, length = split_for_device(addr, length, dev.max_seg_size, dev.seg_boundary_mask)
+    out = _map_phys_ranges(dev, addr, length, direction)
+    stats = _diff(dev, before)
+    stats["entries_walked"] = int(addr.size)
+    return DmaList(dma_addr=out, length=length.copy(), direction=direction,
+                   bounced=dev.ops.bounced_mask(dev, out, length),
+                   bus_addr=np.zeros(addr.size, dtype=bool), stats=stats, per_range=True,
+                   device=dev, cookie=None)
+
+
+def _direct(dev):
+    from phyrlab.dma.direct import DmaDirect
+
+    return LINK_BATCH and type(dev.ops) is DmaDirect
+
+
+def _map_phys_ranges(dev, addr: np.ndarray, length: np.ndarray, direction: str) -> np.ndarray:
+    """``dma_map_phys`` range by range; a failure unmaps the mapped ones in reverse order.
+
+    On dma-direct (with :data:`LINK_BATCH`) the leading ranges that need no bounce
+    (``!is_swiotlb_force_bounce``, ``dma_capable``) are mapped at once: their DMA address is
+    ``phys_to_dma`` and the only work is the cache maintenance of a non-coherent device; the
+    rest, from the first range that would bounce or fail, goes call by call.
+    """
     out = np.empty(addr.size, dtype=U64)
-    for i in range(addr.size):
+    start = 0
+    if _direct(dev):
+        from phyrlab.dma.direct import dma_capable_array
+        from phyrlab.dma.swiotlb import is_swiotlb_force_bounce
+
+        if not is_swiotlb_force_bounce(dev):
+            dma = dev.phys_to_dma_array(addr)
+            ok = dma_capable_array(dev, dma, length)
+            start = addr.size if ok.all() else int(np.argmin(ok))
+            out[:start] = dma[:start]
+            if start and not dev.coherent:
+                dev.ops.count("cache_maint_bytes", int(length[:start].sum(dtype=U64)))
+    for i in range(start, addr.size):
         try:
             out[i] = dma_map_phys(dev, int(addr[i]), int(length[i]), direction)
         except DmaMappingError as exc:
@@ -337,12 +454,7 @@ def dma_map_iova(dev, ranges, direction: str = "bidirectional") -> DmaList:
                 dev.ops.unmap_phys(dev, int(out[j]), int(length[j]), direction)
             raise DmaMappingError(exc.errno, f"range {i}: {str(exc).split(': ', 1)[-1]}"
                                   ) from exc
-    stats = _diff(dev, before)
-    stats["entries_walked"] = int(addr.size)
-    return DmaList(dma_addr=out, length=length.copy(), direction=direction,
-                   bounced=dev.ops.bounced_mask(dev, out, length),
-                   bus_addr=np.zeros(addr.size, dtype=bool), stats=stats, per_range=True,
-                   device=dev, cookie=None)
+    return out
 
 
 def _map_bus(dev, addr, length, bus, direction, before) -> DmaList:
@@ -376,6 +488,14 @@ def dma_unmap_iova(dev, dma_list: DmaList) -> DmaStats:
         return DmaStats()
     state = dma_list.cookie
     if not isinstance(state, DmaIovaState):
+        if dma_list.per_range and not dma_list.bus_addr.any() and _direct(dev):
+            # dma_direct_unmap_phys per range, in order: cache maintenance of a non-coherent
+            # device, and the bounce slots given back (dma_direct_unmap_sg does the same)
+            before = _counters(dev)
+            dev.ops.unmap_sg(dev, dma_list.dma_addr, dma_list.length, dma_list.direction,
+                             None)
+            dma_list.mapped = False
+            return _diff(dev, before)
         return dma_unmap(dev, dma_list)
     before = _counters(dev)
     dma_iova_destroy(dev, state, dma_iova_size(state), dma_list.direction)

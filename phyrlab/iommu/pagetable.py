@@ -38,11 +38,12 @@ cost a few array passes, not per-run temporaries; fresh whole tables are written
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from phyrlab.errors import DmaMappingError
-from phyrlab.faults import should_fail
+from phyrlab.faults import first_failure, should_fail
 from phyrlab.iommu.iotlb import IommuIotlbGather, iommu_iotlb_gather_add_run
 from phyrlab.units import human_bytes
 
@@ -152,6 +153,24 @@ class PageTableStats:
     iotlb_flush_all: int = 0        # whole-domain flushes (flush queue, flush_iotlb_all)
 
 
+class _MapPlan(NamedTuple):
+    """What ``PageTable._plan_map`` found: segments, tables per level, leaf chunks."""
+
+    lo: np.ndarray
+    nbytes: np.ndarray
+    lvl: np.ndarray
+    pa: np.ndarray
+    lv_max: int
+    prefixes: list
+    pools: list
+    parent_pos: list
+    new_masks: list
+    n_new: int
+    leaf_plan: list
+    total: int
+    iova0: int
+
+
 def _expand(starts: np.ndarray, counts: np.ndarray, step: int = 1) -> np.ndarray:
     """Concatenate ``starts[i] + step * arange(counts[i])`` for every i (int64/uint64)."""
     counts = np.asarray(counts, dtype=np.int64)
@@ -200,6 +219,10 @@ class PageTable:
         self._tlevel = np.full(cap, -1, dtype=np.int8)
         self._free = np.arange(cap - 1, -1, -1, dtype=np.int64)
         self.stats = PageTableStats()
+        # map() of at most this many bytes walks with Python integers (one smallest-leaf size)
+        sizes = f.leaf_sizes
+        self._small_max = min(64 * f.granule, sizes[1] - f.granule if len(sizes) > 1
+                              else 64 * f.granule)
         if should_fail("pt_alloc"):
             raise DmaMappingError("ENOMEM", f"{f.name}: cannot allocate the root table")
         root = self._alloc_tables(1, 0)
@@ -261,9 +284,156 @@ class PageTable:
     # ---- map --------------------------------------------------------------------------
     def map(self, iova: int, paddr: int, size: int, prot: int = 3) -> int:
         """``iommu_map()``: map ``size`` bytes at ``iova`` to ``paddr``; returns bytes mapped."""
-        self._check_run("map", int(iova), int(size), int(paddr))
+        iova, paddr, size = int(iova), int(paddr), int(size)
+        self._check_run("map", iova, size, paddr)
+        if size <= self._small_max:
+            return self._map_small(iova, paddr, size)
         return self._map_runs(np.array([iova], _U64), np.array([paddr], _U64),
                               np.array([size], _U64))
+
+    def _map_small(self, iova: int, paddr: int, size: int) -> int:
+        """``_map_runs`` of one run of a few smallest leaves, walked with Python integers.
+
+        The same checks in the same order (a leaf in the way of a table, level by level in
+        IOVA order; then the first leaf target in use), the same fault-point calls, table
+        pages taken level by level in IOVA order, the same writes and counters.
+        """
+        f = self.fmt
+        last = f.levels - 1
+        pte = self._pte
+        end = iova + size
+        # ---- plan: per level, (prefix, pool or -1 = to allocate), IOVA order
+        tabs: list[list[tuple[int, int]]] = [[(0, 0)]]
+        n_new = 0
+        for level in range(1, last + 1):
+            sh, pb = self._shift[level - 1], self._bits[level - 1]
+            pm = (1 << pb) - 1
+            parents = dict(tabs[-1])
+            cur = []
+            for p in range(iova >> sh, ((end - 1) >> sh) + 1):
+                pp = parents[p >> pb]
+                ent = int(pte[pp, p & pm]) if pp >= 0 else 0
+                if ent & 1:
+                    if not ent & 2:
+                        at = p << sh
+                        raise ValueError(
+                            f"map: IOVA {max(at, iova):#x} is already mapped (a "
+                            f"{human_bytes(1 << sh)} leaf at {at:#x}, {f.name})")
+                    cur.append((p, ent >> 12))
+                else:
+                    cur.append((p, -1))
+                    n_new += 1
+            tabs.append(cur)
+        sh, b = self._shift[last], self._bits[last]
+        em = (1 << b) - 1
+        g0, g1 = iova >> sh, end >> sh                 # leaves g0 .. g1 - 1
+        leaf_tabs = dict(tabs[-1])
+        for gi in range(g0, g1):
+            pool = leaf_tabs[gi >> b]
+            if pool >= 0 and pte[pool, gi & em]:
+                raise ValueError(f"map: IOVA {gi << sh:#x} is already mapped ({f.name})")
+        fail = first_failure("pt_alloc", n_new)
+        if fail < n_new:
+            raise self._pt_alloc_error(fail, n_new, iova)
+        # ---- commit
+        s = self.stats
+        pools = [{0: 0}]
+        for level in range(1, last + 1):
+            cur = tabs[level]
+            new = [p for p, pool in cur if pool < 0]
+            if new:
+                idx = self._alloc_tables(len(new), level).tolist()
+                fresh = dict(zip(new, idx, strict=True))
+                cur = [(p, fresh.get(p, pool)) for p, pool in cur]
+                pte = self._pte                          # the pool may have grown
+                pb = self._bits[level - 1]
+                pm = (1 << pb) - 1
+                parents = pools[-1]
+                for p, i in zip(new, idx, strict=True):
+                    pp = parents[p >> pb]
+                    pte[pp, p & pm] = (i << 12) | 3
+                    self._nvalid[pp] += 1
+                s.pte_writes += len(new)
+            pools.append(dict(cur))
+        step = 1 << sh
+        leaf_pool = pools[-1]
+        gi, pa = g0, paddr
+        while gi < g1:
+            t = gi >> b
+            n = min(g1, (t + 1) << b) - gi
+            pool = leaf_pool[t]
+            s0 = gi & em
+            pte[pool, s0:s0 + n] = np.arange(pa | 1, pa + n * step, step, dtype=_U64)
+            self._nvalid[pool] += n
+            gi += n
+            pa += n * step
+        nl = g1 - g0
+        s.pte_writes += nl
+        s.leaves[step] = s.leaves.get(step, 0) + nl
+        s.leaves_mapped[step] = s.leaves_mapped.get(step, 0) + nl
+        s.mapped_bytes += size
+        return size
+
+    def map_calls(self, iova: np.ndarray, paddr: np.ndarray, size: np.ndarray
+                  ) -> tuple[int, DmaMappingError | None] | None:
+        """``map()`` of each run in turn, stopping at the first that fails, as one update.
+
+        For callers that stand for a loop of ``iommu_map`` calls (``dma_iova_link`` per range).
+        The runs must come in increasing, non-overlapping IOVA order. Returns ``(runs mapped,
+        the -ENOMEM of the run that failed or None)``: table pages (which pool page each
+        table takes), PTEs, counters and the ``pt_alloc`` fault point end as after the calls
+        one by one. Returns None with nothing changed and no fault point asked when some call
+        would raise ``ValueError`` (bad run, live entry in the way, runs out of order): make
+        the calls one by one then.
+        """
+        iova = np.asarray(iova, dtype=_U64).ravel()
+        paddr = np.asarray(paddr, dtype=_U64).ravel()
+        size = np.asarray(size, dtype=_U64).ravel()
+        n = iova.size
+        if not (n == paddr.size == size.size):
+            raise ValueError("map_calls: iova, paddr and size must have the same length")
+        if n == 0:
+            return 0, None
+        g = self.fmt.granule - 1
+        low = int(np.bitwise_or.reduce(iova) | np.bitwise_or.reduce(paddr)
+                  | np.bitwise_or.reduce(size))
+        top = int(size.max())
+        if low & g or int(size.min()) == 0 or int(iova.max()) + top >= 1 << 64 \
+                or int(paddr.max()) + top >= 1 << 64:
+            return None
+        if np.any(iova + size > _U64(1 << self.fmt.ias)) or \
+                np.any(paddr + size > _U64(1 << OAS)):
+            return None
+        if n > 1 and _end_vs_next(np.greater, iova, size).any():
+            return None
+        try:
+            plan = self._plan_map(iova, paddr, size)
+        except ValueError:
+            return None
+        owner = self._segment_call(plan, iova)
+        per_call = np.zeros(n, dtype=np.int64)
+        for level in range(1, plan.lv_max + 1):
+            oc = self._new_table_owner(plan, owner, level)
+            if oc.size:
+                per_call += np.bincount(oc, minlength=n)
+        fail = first_failure("pt_alloc", plan.n_new)
+        if fail == plan.n_new:
+            self._commit_map(plan, owner)
+            return n, None
+        cum = np.cumsum(per_call)
+        k = int(np.searchsorted(cum, fail, side="right"))
+        i = fail - (int(cum[k]) - int(per_call[k]))
+        if k:
+            head = self._plan_map(iova[:k], paddr[:k], size[:k])
+            self._commit_map(head, self._segment_call(head, iova[:k]))
+        return k, self._pt_alloc_error(i, int(per_call[k]), int(iova[k]))
+
+    @staticmethod
+    def _segment_call(plan: _MapPlan, iova: np.ndarray) -> np.ndarray:
+        """The run (call) each planned segment belongs to."""
+        if plan.lo is iova:
+            return np.arange(iova.size)
+        return np.searchsorted(iova, plan.lo, side="right") - 1
 
     def map_runs(self, iova: np.ndarray, paddr: np.ndarray, size: np.ndarray,
                  prot: int = 3) -> int:
@@ -432,6 +602,21 @@ class PageTable:
         Leaves are handled per (IOVA-contiguous stretch of same-size segments, table) chunk,
         never per segment or per leaf: a table a stretch covers whole is written as one row.
         """
+        plan = self._plan_map(iova, paddr, size)
+        fail = first_failure("pt_alloc", plan.n_new)   # one should_fail per table page
+        if fail < plan.n_new:
+            raise self._pt_alloc_error(fail, plan.n_new, plan.iova0)
+        return self._commit_map(plan)
+
+    def _pt_alloc_error(self, i: int, n: int, iova0: int) -> DmaMappingError:
+        """The -ENOMEM of table page ``i`` (0-based) of the ``n`` a map at ``iova0`` needs."""
+        return DmaMappingError(
+            "ENOMEM", f"{self.fmt.name}: page-table page {i + 1} of {n} could not "
+            f"be allocated mapping IOVA {iova0:#x}; nothing was mapped")
+
+    def _plan_map(self, iova, paddr, size) -> _MapPlan:
+        """The read-only half of ``_map_runs``: raises ``ValueError`` for a live entry in the
+        way, else returns what to allocate and write (nothing is changed)."""
         f = self.fmt
         lo, nbytes, lvl, pa = self._decompose(iova, paddr, size)
         nseg = lo.size
@@ -540,20 +725,43 @@ class PageTable:
                                               pools[level])
                     raise ValueError(f"map: IOVA {at:#x} is already mapped ({f.name})")
             leaf_plan.append((level, sel, tpos, slot0, n, k0, pa0))
-        # ---- allocate: every table page asks the fault point first (kernel: -ENOMEM)
-        for i in range(n_new_total):
-            if should_fail("pt_alloc"):
-                raise DmaMappingError(
-                    "ENOMEM", f"{f.name}: page-table page {i + 1} of {n_new_total} could not "
-                    f"be allocated mapping IOVA {int(iova[0]):#x}; nothing was mapped")
-        # ---- commit
+        return _MapPlan(lo, nbytes, lvl, pa, lv_max, prefixes, pools, parent_pos, new_masks,
+                        n_new_total, leaf_plan, int(size.sum()), int(iova[0]))
+
+    def _commit_map(self, plan: _MapPlan, owner: np.ndarray | None = None) -> int:
+        """The writing half of ``_map_runs``: allocate the planned table pages, write.
+
+        ``owner`` (optional) is, per segment of the plan, the index of the ``map()`` call
+        that stands for it: table pages are then taken from the pool in the order those
+        calls would take them (call by call, level by level) and leaf counters keyed in the
+        order they would first appear, so the result is that of the calls one by one.
+        """
+        (lo, nbytes, lvl, pa, lv_max, prefixes, pools, parent_pos, new_masks, _n,
+         leaf_plan, total, _i0) = plan
         s = self.stats
+        fresh_idx: list[np.ndarray | None] = [None] * (lv_max + 1)
+        if owner is None:
+            for level in range(1, lv_max + 1):
+                n = int(new_masks[level].sum())
+                if n:
+                    fresh_idx[level] = self._alloc_tables(n, level)
+        else:
+            self._alloc_in_call_order(plan, owner, fresh_idx)
+            seen = [int(lvl.min())] if int(lvl.min()) == int(lvl.max()) else None
+            if seen is None:                # leaf sizes in the order the calls meet them
+                first = [(int(owner[np.argmax(lvl == lv)]), lv)
+                         for lv in sorted(self.fmt.leaf_levels) if (lvl == lv).any()]
+                seen = [lv for _c, lv in sorted(first)]
+            for lv in seen:
+                sz = 1 << self._shift[lv]
+                s.leaves.setdefault(sz, 0)
+                s.leaves_mapped.setdefault(sz, 0)
         for level in range(1, lv_max + 1):
             new = new_masks[level]
-            n = int(new.sum())
             ppool = pools[level - 1][parent_pos[level]]
-            if n:
-                idx = self._alloc_tables(n, level)
+            idx = fresh_idx[level]
+            if idx is not None:
+                n = idx.size
                 pools[level][new] = idx
                 slot = prefixes[level][new] & ((1 << self._bits[level - 1]) - 1)
                 pp = ppool[new]
@@ -596,9 +804,85 @@ class PageTable:
             s.pte_writes += nl
             s.leaves[sz] = s.leaves.get(sz, 0) + nl
             s.leaves_mapped[sz] = s.leaves_mapped.get(sz, 0) + nl
-        total = int(size.sum())
         s.mapped_bytes += total
         return total
+
+    def _alloc_in_call_order(self, plan: _MapPlan, owner: np.ndarray,
+                             fresh_idx: list[np.ndarray | None]) -> None:
+        """Take the plan's new table pages from the pool as one ``map()`` per call would:
+        ordered by (call, level, prefix), the pool grown as those calls would grow it."""
+        levels, calls, order_in = [], [], []
+        for level in range(1, plan.lv_max + 1):
+            oc = self._new_table_owner(plan, owner, level)
+            if oc.size:
+                levels.append(np.full(oc.size, level, dtype=np.int64))
+                calls.append(oc)
+                order_in.append(np.arange(oc.size))
+        if not levels:
+            return
+        lv = np.concatenate(levels)
+        oc = np.concatenate(calls)
+        pos = np.concatenate(order_in)
+        order = np.lexsort((pos, lv, oc))
+        key = oc[order] * (plan.lv_max + 1) + lv[order]
+        brk = np.flatnonzero(key[1:] != key[:-1]) + 1
+        groups = np.diff(np.concatenate([[0], brk, [key.size]]))
+        self._grow_for(groups.tolist())
+        n = lv.size
+        idx_seq = self._free[-n:][::-1].copy()
+        self._free = self._free[:-n]
+        idx = np.empty(n, dtype=np.int64)
+        idx[order] = idx_seq
+        self._tlevel[idx] = lv
+        self._nvalid[idx] = 0
+        s = self.stats
+        s.table_pages += n
+        s.table_pages_allocated += n
+        s.table_bytes += int(np.asarray(self._tbytes, dtype=np.int64)[lv].sum())
+        at = 0
+        for level in range(1, plan.lv_max + 1):
+            m = int(plan.new_masks[level].sum())
+            if m:
+                fresh_idx[level] = idx[at:at + m]
+                at += m
+
+    def _new_table_owner(self, plan: _MapPlan, owner: np.ndarray, level: int) -> np.ndarray:
+        """For each new table of ``level`` (in prefix order), the call that first needs it:
+        the owner of the first segment, in IOVA order, with a leaf at or below ``level``."""
+        new = plan.new_masks[level]
+        if not new.any():
+            return np.empty(0, dtype=np.int64)
+        p = plan.prefixes[level][new]
+        sh = _U64(self._shift[level - 1])
+        lo, nbytes = plan.lo, plan.nbytes
+        sel = plan.lvl >= level
+        if sel.all():
+            p_hi = ((lo + nbytes - _U64(1)) >> sh).astype(np.int64)
+            return owner[np.searchsorted(p_hi, p, side="left")]
+        seg = np.flatnonzero(sel)
+        p_hi = ((lo[seg] + nbytes[seg] - _U64(1)) >> sh).astype(np.int64)
+        return owner[seg[np.searchsorted(p_hi, p, side="left")]]
+
+    def _grow_for(self, groups: list[int]) -> None:
+        """Grow the table-page pool to the size ``_alloc_tables`` calls of ``groups`` pages
+        each, in turn, would leave it."""
+        cap = new_cap = self._pte.shape[0]
+        free = self._free.size
+        if free >= sum(groups):
+            return
+        for n in groups:
+            if free < n:
+                c = max(2 * new_cap, new_cap + n - free)
+                free += c - new_cap
+                new_cap = c
+            free -= n
+        pte = np.zeros((new_cap, self._W), dtype=np.uint64)
+        pte[:cap] = self._pte
+        self._pte = pte
+        self._nvalid = np.concatenate([self._nvalid, np.zeros(new_cap - cap, np.int64)])
+        self._tlevel = np.concatenate([self._tlevel, np.full(new_cap - cap, -1, np.int8)])
+        self._free = np.concatenate(
+            [np.arange(new_cap - 1, cap - 1, -1, dtype=np.int64), self._free])
 
     # ---- unmap ------------------------------------------------------------------------
     def unmap(self, iova: int, size: int, gather: IommuIotlbGather | None = None) -> int:

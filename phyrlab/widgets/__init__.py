@@ -119,9 +119,9 @@ PANELS: dict[str, tuple[str, dict[str, Any]]] = {
     "04-mapping-backends": ("phyrlab.widgets.backends:backends_panel",
                             {"size": 1 << 32, "dma_bits": 64}),
     "05-p2p-checks": ("phyrlab.widgets.pci:p2p_panel", {"topology": "dual-socket-haswell"}),
-    # 16,384 ranges, the slider's top: 10^6 links would take ~700 s at ~0.7 ms a link
+    # 4 GiB, the slider's top: 2^20 separate 4 KiB ranges linked
     "06-two-step-api": ("phyrlab.widgets.twostep:twostep_panel",
-                        {"size": 1 << 26, "mean_run_pages": 1.0}),
+                        {"size": 1 << 32, "mean_run_pages": 1.0}),
     # a real buffer: 256 MiB (65,536 pages) is the slider's top
     "07-this-machine": ("phyrlab.widgets.pci:contiguity_panel", {"size": 1 << 28}),
 }
