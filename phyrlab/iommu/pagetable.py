@@ -401,10 +401,11 @@ class PageTable:
         if low & g or int(size.min()) == 0 or int(iova.max()) + top >= 1 << 64 \
                 or int(paddr.max()) + top >= 1 << 64:
             return None
-        if np.any(iova + size > _U64(1 << self.fmt.ias)) or \
-                np.any(paddr + size > _U64(1 << OAS)):
-            return None
         if n > 1 and _end_vs_next(np.greater, iova, size).any():
+            return None
+        if int(iova[-1]) + int(size[-1]) > 1 << self.fmt.ias:     # in order: the last ends last
+            return None
+        if int(paddr.max()) + top > 1 << OAS and np.any(paddr + size > _U64(1 << OAS)):
             return None
         try:
             plan = self._plan_map(iova, paddr, size)
@@ -412,13 +413,14 @@ class PageTable:
             return None
         owner = self._segment_call(plan, iova)
         per_call = np.zeros(n, dtype=np.int64)
-        for level in range(1, plan.lv_max + 1):
-            oc = self._new_table_owner(plan, owner, level)
+        table_owner = [self._new_table_owner(plan, owner, level)
+                       for level in range(1, plan.lv_max + 1)]
+        for oc in table_owner:
             if oc.size:
                 per_call += np.bincount(oc, minlength=n)
         fail = first_failure("pt_alloc", plan.n_new)
         if fail == plan.n_new:
-            self._commit_map(plan, owner)
+            self._commit_map(plan, owner, table_owner)
             return n, None
         cum = np.cumsum(per_call)
         k = int(np.searchsorted(cum, fail, side="right"))
@@ -728,7 +730,8 @@ class PageTable:
         return _MapPlan(lo, nbytes, lvl, pa, lv_max, prefixes, pools, parent_pos, new_masks,
                         n_new_total, leaf_plan, int(size.sum()), int(iova[0]))
 
-    def _commit_map(self, plan: _MapPlan, owner: np.ndarray | None = None) -> int:
+    def _commit_map(self, plan: _MapPlan, owner: np.ndarray | None = None,
+                    table_owner: list[np.ndarray] | None = None) -> int:
         """The writing half of ``_map_runs``: allocate the planned table pages, write.
 
         ``owner`` (optional) is, per segment of the plan, the index of the ``map()`` call
@@ -746,7 +749,7 @@ class PageTable:
                 if n:
                     fresh_idx[level] = self._alloc_tables(n, level)
         else:
-            self._alloc_in_call_order(plan, owner, fresh_idx)
+            self._alloc_in_call_order(plan, owner, fresh_idx, table_owner)
             seen = [int(lvl.min())] if int(lvl.min()) == int(lvl.max()) else None
             if seen is None:                # leaf sizes in the order the calls meet them
                 first = [(int(owner[np.argmax(lvl == lv)]), lv)
@@ -808,12 +811,14 @@ class PageTable:
         return total
 
     def _alloc_in_call_order(self, plan: _MapPlan, owner: np.ndarray,
-                             fresh_idx: list[np.ndarray | None]) -> None:
+                             fresh_idx: list[np.ndarray | None],
+                             table_owner: list[np.ndarray] | None = None) -> None:
         """Take the plan's new table pages from the pool as one ``map()`` per call would:
         ordered by (call, level, prefix), the pool grown as those calls would grow it."""
         levels, calls, order_in = [], [], []
         for level in range(1, plan.lv_max + 1):
-            oc = self._new_table_owner(plan, owner, level)
+            oc = (self._new_table_owner(plan, owner, level) if table_owner is None
+                  else table_owner[level - 1])
             if oc.size:
                 levels.append(np.full(oc.size, level, dtype=np.int64))
                 calls.append(oc)
@@ -856,9 +861,12 @@ class PageTable:
         sh = _U64(self._shift[level - 1])
         lo, nbytes = plan.lo, plan.nbytes
         sel = plan.lvl >= level
-        if sel.all():
-            p_hi = ((lo + nbytes - _U64(1)) >> sh).astype(np.int64)
-            return owner[np.searchsorted(p_hi, p, side="left")]
+        if sel.all():     # the segment holding the table's first byte, or the next one
+            at = p.astype(_U64) << sh
+            j = np.searchsorted(lo, at, side="right") - 1
+            jj = np.maximum(j, 0)
+            j[(j < 0) | (lo[jj] + nbytes[jj] <= at)] += 1
+            return owner[j]
         seg = np.flatnonzero(sel)
         p_hi = ((lo[seg] + nbytes[seg] - _U64(1)) >> sh).astype(np.int64)
         return owner[seg[np.searchsorted(p_hi, p, side="left")]]
