@@ -20,7 +20,7 @@ from phyrlab import faults
 from phyrlab.dma.device import Device
 from phyrlab.dma.mapping import dma_map, dma_unmap
 from phyrlab.errors import DmaMappingError
-from phyrlab.units import DMA_BIT_MASK, PAGE_SIZE
+from phyrlab.units import DMA_BIT_MASK, PAGE_SIZE, ULONG_MAX
 
 U = np.uint64
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
@@ -68,9 +68,9 @@ faults_armed = st.lists(st.tuples(st.one_of(st.integers(1, 4), st.integers(1, 80
 
 
 def _drive(name: str, params: dict, limits: dict, lists, directions, unmap_every: int,
-           armed: dict, batch: bool, state) -> list:
-    """Map every list in turn through ``dma_map`` (unmapping some), the armed faults on the
-    last list; everything observable after each step."""
+           armed: dict, batch: bool, state, fault_at: int = -1) -> list:
+    """Map every list in turn through ``dma_map`` (unmapping some), the armed faults on list
+    ``fault_at`` (modulo their number); everything observable after each step."""
     faults.reset()
     dev = Device(name, ops_params=params, **limits)
     ops = dev.ops
@@ -79,7 +79,7 @@ def _drive(name: str, params: dict, limits: dict, lists, directions, unmap_every
     for k, (addr, length) in enumerate(lists):
         direction = directions[k % len(directions)]
         try:
-            if k == len(lists) - 1 and armed:
+            if k == fault_at % len(lists) and armed:
                 with _inject(armed):
                     m = dma_map(dev, (addr, length), direction)
             else:
@@ -129,14 +129,14 @@ def _vduse_state(ops) -> tuple:
        bounce_pages=st.sampled_from([2, 16, 64, 200, 1024]),
        directions=st.lists(st.sampled_from(DIRECTIONS), min_size=1, max_size=3),
        max_seg=st.sampled_from([4096, 65536, 1 << 20]), unmap_every=st.integers(0, 2),
-       iova=faults_armed, bounce=faults_armed)
+       iova=faults_armed, bounce=faults_armed, fault_at=st.integers(0, 3))
 def test_vduse_map_phys_many_equals_per_call(lists, bounce_pages, directions, max_seg,
-                                             unmap_every, iova, bounce):
+                                             unmap_every, iova, bounce, fault_at):
     params = {"bounce_size": bounce_pages * PAGE_SIZE}
     limits = {"dma_mask": DMA_BIT_MASK(64), "max_seg_size": max_seg}
     armed = dict([("iova_alloc", t) for t in iova] + [("bounce_alloc", t) for t in bounce])
     out = [_drive("vduse_dev_dma_ops", params, limits, lists, directions, unmap_every, armed,
-                  b, _vduse_state) for b in (True, False)]
+                  b, _vduse_state, fault_at) for b in (True, False)]
     assert out[0] == out[1]
 
 
@@ -177,14 +177,14 @@ def _grant_state(ops) -> tuple:
        nr_grants=st.sampled_from([12, 40, 100, 400]),
        directions=st.lists(st.sampled_from(DIRECTIONS), min_size=1, max_size=3),
        max_seg=st.sampled_from([4096, 65536, 1 << 20]), unmap_every=st.integers(0, 2),
-       grant=faults_armed)
+       grant=faults_armed, fault_at=st.integers(0, 4))
 def test_xen_grant_map_sg_batched_equals_per_call(lists, nr_grants, directions, max_seg,
-                                                  unmap_every, grant):
+                                                  unmap_every, grant, fault_at):
     params = {"nr_grants": nr_grants}
     limits = {"dma_mask": DMA_BIT_MASK(64), "max_seg_size": max_seg}
     armed = dict(("grant_alloc", t) for t in grant)
     out = [_drive("xen_grant_dma_ops", params, limits, lists, directions, unmap_every, armed,
-                  b, _grant_state) for b in (True, False)]
+                  b, _grant_state, fault_at) for b in (True, False)]
     assert out[0] == out[1]
 
 
@@ -213,3 +213,64 @@ def test_xen_grant_unmap_sg_bad_list_raises_as_per_call():
     with pytest.raises(ValueError, match="not a granted address"):
         ops.unmap_sg(dev, bad, np.full(4, PAGE_SIZE, U), "to_device", cookie)
     assert ops.resources() == {"grants": 1}
+
+
+# --------------------------------------------------------------------------- s390
+def _s390_state(ops) -> tuple:
+    return (ops.bitmap.map.tobytes(), ops.bitmap.low_free, ops.lazy.tobytes(), ops.next_bit,
+            ops.ptes.tobytes(), sorted(ops.seg_tables), sorted(ops.page_tables),
+            ops.table_pages, dict(ops.stats))
+
+
+@settings(SETTINGS, max_examples=150)
+@given(lists=st.lists(range_lists(), min_size=1, max_size=5),
+       iommu_pages=st.sampled_from([16, 64, 300, 4096, 4096]),
+       start_dma=st.sampled_from([1 << 32, 0xFFF0_0000, 0x7FF0_0000]),
+       strict=st.booleans(), tlb_refresh=st.booleans(),
+       max_seg=st.sampled_from([4096, 10000, 65536, 1 << 20]),
+       boundary=st.sampled_from([ULONG_MAX, 0xFFFF, 0xF_FFFF]),
+       unmap_every=st.integers(0, 2), area=faults_armed,
+       pt=st.lists(st.tuples(st.integers(1, 6), st.integers(1, 3)), max_size=1),
+       fault_at=st.integers(0, 4))
+def test_s390_map_sg_batched_equals_per_run(lists, iommu_pages, start_dma, strict, tlb_refresh,
+                                            max_seg, boundary, unmap_every, area, pt,
+                                            fault_at):
+    params = {"iommu_size": iommu_pages * PAGE_SIZE, "start_dma": start_dma, "strict": strict,
+              "tlb_refresh": tlb_refresh}
+    limits = {"dma_mask": DMA_BIT_MASK(64), "max_seg_size": max_seg,
+              "seg_boundary_mask": boundary}
+    armed = dict([("iommu_area_alloc", t) for t in area] + [("pt_alloc", t) for t in pt])
+    out = [_drive("s390_pci_dma_ops", params, limits, lists, ["bidirectional"], unmap_every,
+                  armed, b, _s390_state, fault_at) for b in (True, False)]
+    assert out[0] == out[1]
+
+
+@SETTINGS
+@given(n=st.integers(1, 300), maxseg=st.sampled_from([1, 4096, 10000, 65536, 1 << 20]),
+       seed=st.integers(0, 2**32 - 1), uniform=st.floats(0, 1))
+def test_s390_segment_cut_equals_walk(n, maxseg, seed, uniform):
+    """The segment starts of ``s390_dma_map_sg``: arrays vs the entry walk."""
+    from phyrlab.dma.s390 import _segment_starts, _segment_starts_loop
+
+    rng = np.random.default_rng(seed)
+    off = np.where(rng.random(n) < 0.1, rng.integers(1, PAGE_SIZE, n), 0).astype(np.int64)
+    ln = rng.choice([0, 1, 512, 4096, 8192, 12288, 65536, 3 << 20], n).astype(np.int64)
+    ln = np.where(rng.random(n) < uniform, 4096, ln)
+    assert _segment_starts(off, ln, maxseg).tolist() == \
+        _segment_starts_loop(off, ln, maxseg).tolist()
+
+
+@pytest.mark.parametrize("max_seg", [65536, 1 << 20])
+def test_s390_fills_identically_at_scale(max_seg):
+    rng = np.random.default_rng(11)
+    n = 30_000
+    pfn = np.sort(rng.choice(1 << 22, n, replace=False)).astype(U)
+    addr = U(0x1_0000_0000) + pfn * U(4 * PAGE_SIZE)
+    length = np.full(n, PAGE_SIZE, U)
+    length[::9] = 3 * PAGE_SIZE
+    small = (addr[:6000:3].copy(), length[:6000:3].copy())
+    out = [_drive("s390_pci_dma_ops", {"iommu_size": 1 << 26},
+                  {"dma_mask": DMA_BIT_MASK(64), "max_seg_size": max_seg},
+                  [small, (addr, length), small, small], ["bidirectional"], 2, {}, b,
+                  _s390_state) for b in (True, False)]
+    assert out[0] == out[1]

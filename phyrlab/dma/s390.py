@@ -41,7 +41,7 @@ from phyrlab.dma.ops import (
     sg_arrays,
 )
 from phyrlab.errors import DmaMappingError
-from phyrlab.faults import should_fail
+from phyrlab.faults import first_failure, next_failure, should_fail
 from phyrlab.units import PAGE_SHIFT, PAGE_SIZE, SZ_1G, U64_MAX
 
 ZPCI_TABLE_BITS = 11
@@ -55,7 +55,16 @@ _U64 = np.uint64
 
 
 class S390Ops(DmaMapOps):
-    """``s390_pci_dma_ops`` over a sparse 3-level table (see the module docstring)."""
+    """``s390_pci_dma_ops`` over a sparse 3-level table (see the module docstring).
+
+    ``batch`` (default True): ``map_sg`` cuts the segments with array operations and maps
+    the runs that ``dma_alloc_address`` places back to back from ``next_bit`` at once
+    (:meth:`_map_runs`), every other run through :meth:`_map_run`; ``unmap_sg`` and the
+    unwind clear runs at once. False is the per-run reference. IOVA, tables, PTEs,
+    counters, errors and fault-injection calls are the same.
+    """
+
+    batch: bool = True
 
     def __init__(self, entry: OpsEntry | None = None, **params: Any):
         unknown = sorted(set(params) - {"start_dma", "iommu_size", "strict", "tlb_refresh"})
@@ -175,6 +184,120 @@ class S390Ops(DmaMapOps):
             self._rpcit()
         return dma0
 
+    def _map_runs(self, dev: Any, page_addr: np.ndarray, pages: np.ndarray,
+                  run_pages: np.ndarray, run_nent: np.ndarray) -> int:
+        """:meth:`_map_run` of consecutive runs (``run_pages[j]`` pages each, made of the
+        next ``run_nent[j]`` entries of ``page_addr``/``pages``) while ``iommu_area_alloc``
+        would place them back to back at its hint, they cross no boundary, and no fault
+        fires: how many runs were mapped (their DMA bases follow from ``next_bit`` before
+        the call). Fault points are peeked first, then asked exactly as often as the runs
+        mapped ask them; the run that stops the batch is left to :meth:`_map_run`.
+        """
+        t = self.bitmap
+        c = max(self.next_bit, t.low_free)
+        top = t.size - 1  # last entry unusable
+        ends = c + np.cumsum(run_pages)
+        starts = ends - run_pages
+        hi = min(top, int(ends[-1]))
+        if hi <= c:
+            return 0
+        used = np.flatnonzero(t.map[c:hi])
+        room = c + int(used[0]) if len(used) else hi
+        ok = ends <= room
+        mask = getattr(dev, "seg_boundary_mask", U64_MAX)
+        if mask < U64_MAX:
+            boundary = (mask + 1) >> PAGE_SHIFT
+            shift = self.start_dma >> PAGE_SHIFT
+            ok &= ((shift + starts) & (boundary - 1)) + run_pages <= boundary
+        bad = np.flatnonzero(~ok)
+        m = next_failure("iommu_area_alloc", int(bad[0]) if len(bad) else len(run_pages))
+        if m == 0:
+            return 0
+        # the tables the runs need, in page order: (run, 1 MiB index) pairs
+        dma0 = self.start_dma + (starts[:m] << PAGE_SHIFT)
+        sx0 = dma0 >> ZPCI_ST_SHIFT
+        sx1 = (dma0 + ((run_pages[:m] - 1) << PAGE_SHIFT)) >> ZPCI_ST_SHIFT
+        cnt = sx1 - sx0 + 1
+        run_of = np.repeat(np.arange(m), cnt)
+        sx = sx0[run_of] + (np.arange(len(run_of)) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+        rtx = sx >> ZPCI_TABLE_BITS
+        new_sx = np.ones(len(sx), dtype=bool)
+        new_sx[1:] = sx[1:] != sx[:-1]  # sx never decreases: runs go up
+        new_rt = np.ones(len(sx), dtype=bool)
+        new_rt[1:] = rtx[1:] != rtx[:-1]
+        pts, sts = self.page_tables, self.seg_tables
+        idx = np.flatnonzero(new_sx)
+        new_sx[idx] = [v not in pts for v in sx[idx].tolist()]
+        idx = np.flatnonzero(new_rt)
+        new_rt[idx] = [v not in sts for v in rtx[idx].tolist()]
+        calls = np.bincount(run_of, weights=new_sx.astype(np.int64) + new_rt, minlength=m
+                            ).astype(np.int64)
+        cum = np.cumsum(calls)
+        k = next_failure("pt_alloc", int(cum[-1]))
+        if k < cum[-1]:
+            m = int(np.searchsorted(cum, k, side="right"))  # that run fails: per run
+        if m == 0:
+            return 0
+        first_failure("iommu_area_alloc", m)
+        first_failure("pt_alloc", int(cum[m - 1]))
+        e = int(ends[m - 1])
+        t.map[c:e] = True
+        if t.low_free == c:
+            t.low_free = e
+        self.next_bit = e
+        self.count("iova_allocs", m)
+        keep = run_of < m
+        new_st = rtx[keep & new_rt].tolist()
+        new_pt = sx[keep & new_sx].tolist()
+        if new_st or new_pt:
+            sts.update(new_st)
+            pts.update(new_pt)
+            self.table_pages += len(new_st) + len(new_pt)
+            self.count("table_pages", len(new_st) + len(new_pt))
+        ne = int(run_nent[:m].sum())
+        page_addr, pages = page_addr[:ne], pages[:ne]
+        rel = np.arange(e - c, dtype=np.int64) - np.repeat(np.cumsum(pages) - pages, pages)
+        self.ptes[c:e] = (np.repeat(page_addr, pages) + rel.astype(np.uint64) * _U64(PAGE_SIZE)
+                          ) | _U64(1)
+        self.count("pte_writes", e - c)
+        if self.tlb_refresh:
+            self.count("iotlb_flushes", m)
+            self.count("hypercalls", m)
+        return m
+
+    def _unmap_runs(self, dma: np.ndarray, size: np.ndarray) -> None:
+        """:meth:`_unmap_run` of each run in order; at once when every run is mapped and no
+        two overlap (else the per-run loop, which raises where it does)."""
+        dma = np.asarray(dma, dtype=np.uint64)
+        size = np.asarray(size, dtype=np.uint64)
+        if not len(dma):
+            return
+        npages = iommu_num_pages(dma, size, PAGE_SIZE).astype(np.int64)
+        lo = (dma & ~_U64(PAGE_SIZE - 1)).astype(np.int64) - self.start_dma
+        off = lo >> PAGE_SHIFT
+        ok = bool(np.all((dma >= _U64(self.start_dma)) & (off >= 0) & (npages > 0)
+                         & (off <= self.iommu_pages - npages)))
+        if ok:
+            order = np.argsort(off, kind="stable")
+            os_, es = off[order], (off + npages)[order]
+            ok = bool(np.all(os_[1:] >= es[:-1])) and bool(np.all(self.ptes[off] != 0))
+        if not ok:
+            for a, n in zip(dma.tolist(), size.tolist(), strict=True):
+                self._unmap_run(a, n)
+            return
+        rel = np.arange(int(npages.sum()), dtype=np.int64) - np.repeat(
+            np.cumsum(npages) - npages, npages)
+        slots = np.repeat(off, npages) + rel
+        self.ptes[slots] = 0
+        self.count("pte_writes", len(slots))
+        if self.strict:
+            self.count("iotlb_flushes", len(dma))
+            if self.tlb_refresh:
+                self.count("hypercalls", len(dma))
+            self.bitmap.free_slots(slots)
+        else:
+            self.lazy[slots] = True
+
     def _unmap_run(self, dma: int, size: int) -> None:
         npages = int(iommu_num_pages(dma, size, PAGE_SIZE))
         off = ((dma & ~(PAGE_SIZE - 1)) - self.start_dma) >> PAGE_SHIFT
@@ -211,30 +334,47 @@ class S390Ops(DmaMapOps):
         maxseg = int(getattr(dev, "max_seg_size", 65536))
         off = (addr & _U64(PAGE_SIZE - 1)).astype(np.int64)
         ln = length.astype(np.int64)
-        # segment starts: entry has an offset, running size unaligned, or too long
-        off_l, ln_l = off.tolist(), ln.tolist()
-        starts = [0]
-        size = off_l[0] + ln_l[0]
-        for i in range(1, n):
-            if off_l[i] or size & (PAGE_SIZE - 1) or size + ln_l[i] > maxseg:
-                starts.append(i)
-                size = off_l[i]
-            size += ln_l[i]
-        first = np.array(starts, dtype=np.int64)
-        starts.append(n)
+        first = (_segment_starts(off, ln, maxseg) if self.batch
+                 else _segment_starts_loop(off, ln, maxseg))
+        starts = [*first.tolist(), n]
         pages = ((off + ln + PAGE_SIZE - 1) >> PAGE_SHIFT).astype(np.int64)
         page_addr = addr & ~_U64(PAGE_SIZE - 1)
         seg_len = np.add.reduceat(ln, first)  # bytes from the first entry's offset
         k = len(first)
         dma_out = np.empty(k, dtype=np.uint64)
-        for j, (a, b) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
+        run_pages = np.add.reduceat(pages, first) if self.batch else None
+        run_nent = np.diff(np.append(first, n))
+        j, w = 0, 64
+        while j < k:
+            if self.batch:
+                b = min(k, j + w)
+                base0 = max(self.next_bit, self.bitmap.low_free)
+                got = self._map_runs(dev, page_addr[starts[j]:starts[b]],
+                                     pages[starts[j]:starts[b]], run_pages[j:b],
+                                     run_nent[j:b])
+                if got:
+                    rs = base0 + np.cumsum(run_pages[j:j + got]) - run_pages[j:j + got]
+                    dma_out[j:j + got] = (_U64(self.start_dma) + (rs.astype(np.uint64) << _U64(
+                        PAGE_SHIFT))) + off[first[j:j + got]].astype(np.uint64)
+                    j += got
+                    if j == b:
+                        w = min(4 * w, 1 << 16)
+                        continue
+                w = 64
+                if j == k:
+                    break
+            a, b = starts[j], starts[j + 1]
             try:
                 base = self._map_run(dev, page_addr[a:b], pages[a:b])
             except DmaMappingError:
-                for q in range(j):
-                    self._unmap_run(int(dma_out[q]), int(seg_len[q]))
+                if self.batch:
+                    self._unmap_runs(dma_out[:j], seg_len[:j])
+                else:
+                    for q in range(j):
+                        self._unmap_run(int(dma_out[q]), int(seg_len[q]))
                 raise
-            dma_out[j] = base + off_l[a]
+            dma_out[j] = base + int(off[a])
+            j += 1
         len_out = seg_len.astype(np.uint64)
         return dma_out, len_out, SgCookie()
 
@@ -242,9 +382,68 @@ class S390Ops(DmaMapOps):
                  cookie: Any) -> None:
         """``s390_dma_unmap_sg``."""
         check_direction(direction)
+        if self.batch:
+            self._unmap_runs(dma_addr, dma_len)
+            return
         for a, n in zip(np.asarray(dma_addr).tolist(), np.asarray(dma_len).tolist(),
                         strict=True):
             self._unmap_run(a, n)
+
+
+def _segment_starts_loop(off: np.ndarray, ln: np.ndarray, maxseg: int) -> np.ndarray:
+    """``s390_dma_map_sg``'s walk: a new segment when an entry has an offset, the running
+    size (from the first entry's offset) is not page aligned, or it would pass max_seg."""
+    off_l, ln_l = off.tolist(), ln.tolist()
+    starts = [0]
+    size = off_l[0] + ln_l[0]
+    for i in range(1, len(off_l)):
+        if off_l[i] or size & (PAGE_SIZE - 1) or size + ln_l[i] > maxseg:
+            starts.append(i)
+            size = off_l[i]
+        size += ln_l[i]
+    return np.array(starts, dtype=np.int64)
+
+
+def _segment_starts(off: np.ndarray, ln: np.ndarray, maxseg: int) -> np.ndarray:
+    """:func:`_segment_starts_loop` with array operations.
+
+    The running size is unaligned before entry ``i`` exactly when entry ``i - 1`` ends
+    unaligned (an entry joins only an aligned size, at offset 0), so the first two causes cut
+    the list into stretches independently of max_seg. Within a stretch the max_seg cut is
+    greedy; where every entry after the stretch's first has one length ``L`` it is
+    arithmetic (the first segment takes ``(max_seg - size0) // L`` more entries, the others
+    ``max_seg // L``); other stretches take the loop.
+    """
+    n = len(off)
+    forced = np.ones(n, dtype=bool)
+    forced[1:] = (off[1:] != 0) | (((off[:-1] + ln[:-1]) & (PAGE_SIZE - 1)) != 0)
+    s = np.flatnonzero(forced)
+    e = np.append(s[1:], n)
+    # an entry after the stretch's second one whose length differs from its predecessor's
+    change = np.zeros(n + 1, dtype=np.int64)
+    change[3:] = np.cumsum(ln[2:] != ln[1:-1])
+    # changes at positions s+2 .. e-1 (position i counts ln[i] != ln[i-1])
+    mixed = (e - s > 2) & (change[e] - change[np.minimum(s + 2, e)] > 0)
+    mixed |= (e - s > 1) & (ln[np.minimum(s + 1, n - 1)] == 0)
+    out = []
+    uni = np.flatnonzero(~mixed)
+    if len(uni):
+        su, eu = s[uni], e[uni]
+        count = eu - su
+        size0 = off[su] + ln[su]
+        lng = ln[np.minimum(su + 1, n - 1)]
+        lng = np.where(count > 1, lng, 1)
+        c0 = 1 + np.where(maxseg >= size0, (maxseg - size0) // lng, 0)
+        c = np.maximum(1, maxseg // lng)
+        rem = np.maximum(0, count - c0)
+        nseg = 1 + (rem + c - 1) // c
+        rep = np.repeat(np.arange(len(su)), nseg)
+        kk = np.arange(len(rep)) - np.repeat(np.cumsum(nseg) - nseg, nseg)
+        out.append(su[rep] + np.where(kk == 0, 0, c0[rep] + (kk - 1) * c[rep]))
+    for q in np.flatnonzero(mixed).tolist():
+        a, b = int(s[q]), int(e[q])
+        out.append(a + _segment_starts_loop(off[a:b], ln[a:b], maxseg))
+    return np.sort(np.concatenate(out)) if len(out) > 1 else out[0]
 
 
 def _factory(entry: OpsEntry, **params: Any) -> S390Ops:
