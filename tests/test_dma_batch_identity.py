@@ -314,3 +314,171 @@ def test_table_long_lists_batched_equals_per_entry(name, seeds, n, limits, entri
                            first_prefix)
     per_entry = _drive_table(name, params, limits, lists, unmap_every, fault_nth, False)
     assert batched == per_entry
+
+
+# ----------------------------------------------------- swiotlb bounces many at a time
+def _bounce_list(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mostly 4 KiB pages (page aligned or at an offset, some at address 0), with sizes from
+    1 byte to more than a segment holds."""
+    size = rng.choice([4096, 1, 512, 2048, 2049, 5000, 65536, 262144, 300000], n,
+                      p=[0.8, 0.03, 0.03, 0.03, 0.03, 0.03, 0.03, 0.015, 0.005])
+    paddr = rng.integers(1, 1 << 22, n).astype(U) * U(PAGE_SIZE)
+    off = rng.random(n) < 0.2
+    paddr[off] += rng.integers(1, 4096, int(off.sum())).astype(U)
+    paddr[rng.random(n) < 0.03] = 0
+    return paddr, size.astype(U)
+
+
+def _prefill(mem: IoTlbMem, dev, rng, steps: int) -> list:
+    """Single bounces and frees, so the many-at-once calls meet holes and a moved cursor."""
+    live = []
+    for _ in range(steps):
+        if live and rng.random() < 0.4:
+            t, z = live.pop(int(rng.integers(0, len(live))))
+            mem.tbl_unmap_single(dev, t, z, "bidirectional")
+            continue
+        z = int(rng.choice([1, 2048, 4096, 9000, 65536]))
+        align = int(rng.choice([0, 0, PAGE_SIZE - 1]))
+        p = int(rng.integers(0, 1 << 34))
+        mem.cpu = int(rng.integers(0, 8))
+        try:
+            live.append((mem.tbl_map_single(dev, p, z, z, align, "to_device"), z))
+        except DmaMappingError:
+            pass
+    return live
+
+
+def _drive_many(seed: int, n: int, mem_kw: dict, dev_kw: dict, prefill: int, fault_nth: int,
+                direction: str, skip: bool, batch: bool) -> list:
+    from contextlib import nullcontext
+
+    from phyrlab.dma.swiotlb import swiotlb_map_many
+
+    faults.reset()
+    rng = np.random.default_rng(seed)
+    mem = IoTlbMem(**mem_kw)
+    mem.batch = batch
+    dev = Device(None, swiotlb=mem, **dev_kw)
+    live = _prefill(mem, dev, rng, prefill)
+    mem.cpu = int(rng.integers(0, 8))
+    paddr, size = _bounce_list(rng, n)
+    seen: list = [_pool_state(mem)]
+    armed = faults.inject("swiotlb_slot", nth=fault_nth) if fault_nth else nullcontext()
+    with armed:
+        dma, exc = swiotlb_map_many(dev, paddr, size, "to_device")
+    seen += [dma.tobytes(), exc and (exc.errno, str(exc)), _pool_state(mem),
+             dict(faults.stats.calls), dict(faults.stats.failed)]
+    # give back a random part of what was mapped, then the rest with the prefilled ones
+    phys = dev.dma_to_phys_array(dma)
+    order = rng.permutation(len(dma))
+    part = order[:int(rng.integers(0, len(dma) + 1))]
+    seen.append(mem.unmap_many(dev, phys[part], size[part], direction, skip))
+    seen.append(_pool_state(mem))
+    rest = np.concatenate([phys[order[len(part):]], np.array([t for t, _ in live], U)])
+    rest_size = np.concatenate([size[order[len(part):]], np.array([z for _, z in live], U)])
+    if len(rest) > 2 and rng.random() < 0.3:  # one given back twice in the same call
+        j = int(rng.integers(1, len(rest)))
+        rest = np.insert(rest, j, rest[0])
+        rest_size = np.insert(rest_size, j, rest_size[0])
+    seen.append(mem.unmap_many(dev, rest, rest_size, direction, skip))
+    seen.append(_pool_state(mem))
+    if len(dma):  # a double free goes call by call (and corrupts the pool alike)
+        try:
+            seen.append(mem.unmap_many(dev, phys[:2], size[:2], direction, skip))
+        except (ValueError, IndexError) as err:
+            seen.append(repr(err))
+        seen.append(_pool_state(mem))
+    return seen
+
+
+@settings(SETTINGS, max_examples=100)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 700),
+       size=st.sampled_from([IO_TLB_SIZE * 128 * 2, IO_TLB_SIZE * 128 * 8, 1 << 21]),
+       nareas=st.sampled_from([1, 2, 4]),
+       start=st.sampled_from([0x6000_0000, 0x6000_0000 + PAGE_SIZE]),
+       dev_kw=st.fixed_dictionaries({
+           "min_align_mask": st.sampled_from([0, 0, 0xFFF, 0x7FF, 0x3FFF]),
+           "seg_boundary_mask": st.sampled_from([ULONG_MAX, 0xFFFF, 0x1_FFFF]),
+           "dma_mask": st.sampled_from([DMA_BIT_MASK(32), DMA_BIT_MASK(64)]),
+           "bus_dma_limit": st.sampled_from([0, 0, 0x6008_0000, 0x6010_0fff]),
+           "dma_range_map": st.sampled_from([None, [(0, 0x1000_0000, 1 << 40)],
+                                             [(0, 0x800, 1 << 40)]])}),
+       prefill=st.integers(0, 40), fault_nth=st.integers(0, 60),
+       direction=st.sampled_from(["to_device", "from_device", "bidirectional"]),
+       skip=st.booleans())
+def test_swiotlb_many_equals_single_calls(seed, n, size, nareas, start, dev_kw, prefill,
+                                          fault_nth, direction, skip):
+    """``swiotlb_map_many`` / ``IoTlbMem.unmap_many`` against one ``swiotlb_map`` /
+    ``swiotlb_tbl_unmap_single`` per entry: slots, cursor, counters, errors (pool full,
+    overflow past the device's limit, injected faults) and the pool after giving back."""
+    mem_kw = {"size": size, "nareas": nareas, "start": start}
+    args = (seed, n, mem_kw, dev_kw, prefill, fault_nth, direction, skip)
+    assert _drive_many(*args, True) == _drive_many(*args, False)
+
+
+def _drive_direct(seed: int, n: int, mem_size: int, dev_kw: dict, fault_nth: int,
+                  batch: bool) -> list:
+    from contextlib import nullcontext
+
+    faults.reset()
+    rng = np.random.default_rng(seed)
+    mem = IoTlbMem(mem_size)
+    mem.batch = batch
+    dev = Device(None, swiotlb=mem, **dev_kw)
+    ops = dev.ops
+    seen: list = []
+    live = []
+    for k in range(3):
+        paddr, size = _bounce_list(rng, n)
+        paddr[rng.random(n) < 0.5] &= U(0xFFFF_FFFF)  # some reachable with 32 bits
+        armed = (faults.inject("swiotlb_slot", nth=fault_nth) if fault_nth and k == 1
+                 else nullcontext())
+        try:
+            with armed:
+                dma, dlen, cookie = ops.map_sg(dev, paddr, size, "bidirectional")
+            live.append((dma, dlen, cookie))
+            seen.append((dma.tobytes(), dlen.tobytes(), cookie.bounced.tobytes()))
+        except DmaMappingError as exc:
+            seen.append((exc.errno, str(exc)))
+        seen += [_pool_state(mem), dict(ops.stats), dict(faults.stats.calls)]
+        if live and rng.random() < 0.5:
+            dma, dlen, cookie = live.pop(0)
+            ops.unmap_sg(dev, dma, dlen, "from_device", cookie)
+            seen += [_pool_state(mem), dict(ops.stats)]
+    return seen
+
+
+@settings(SETTINGS, max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 600),
+       mem_size=st.sampled_from([IO_TLB_SIZE * 128 * 2, 1 << 21]),
+       dev_kw=st.fixed_dictionaries({
+           "dma_mask": st.sampled_from([DMA_BIT_MASK(32), DMA_BIT_MASK(64)]),
+           "force_bounce": st.booleans(),
+           "coherent": st.booleans(),
+           "min_align_mask": st.sampled_from([0, 0xFFF])}),
+       fault_nth=st.integers(0, 100))
+def test_direct_map_sg_bounces_batched_equals_per_entry(seed, n, mem_size, dev_kw, fault_nth):
+    """dma-direct's list map bounces in runs and unwinds (or unmaps) in one call; the DMA
+    list, the -EIO message, counters and the pool are those of one bounce per entry."""
+    args = (seed, n, mem_size, dev_kw, fault_nth)
+    assert _drive_direct(*args, True) == _drive_direct(*args, False)
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_swiotlb_many_skips_a_full_area_per_bounce(batch):
+    """Two areas, the first with one slot left: a 4 KiB bounce (2 slots) skips it for the
+    second area, a 512-byte one (1 slot) takes that last slot, as single calls do."""
+    from phyrlab.dma.swiotlb import swiotlb_map_many
+
+    mem = IoTlbMem(IO_TLB_SIZE * 128 * 2, nareas=2)
+    mem.batch = batch
+    dev = Device(None, swiotlb=mem, dma_mask=DMA_BIT_MASK(64))
+    for i in range(127):
+        mem.tbl_map_single(dev, 0x10_0000 + i * PAGE_SIZE, 512, 512, 0, "to_device")
+    assert int(mem.area_used[0]) == 127
+    paddr = np.array([0x1000_0000, 0x2000_0000, 0x3000_0000, 0x4000_0000], U)
+    size = np.array([4096, 4096, 512, 4096], U)
+    dma, exc = swiotlb_map_many(dev, paddr, size, "to_device")
+    assert exc is None
+    assert [(int(d) - mem.start) // IO_TLB_SIZE for d in dma] == [128, 130, 127, 132]
+    assert list(mem.area_used) == [128, 6]

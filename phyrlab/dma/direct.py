@@ -17,7 +17,8 @@ the 64-bit ``dma_capable`` were read in a v5.10+ copy of that header found by se
 - non-coherent devices: ``arch_sync_dma_for_device`` on every byte mapped (counted as
   ``cache_maint_bytes``).
 Simplified: no P2P (``pci_p2pdma_map_segment``), no memory-encryption bit; the capable check
-and address translation are vectorised over the list, bouncing is per entry as in the kernel.
+and address translation are vectorised over the list; bounces are taken and given back in
+runs (``swiotlb_map_many``, ``IoTlbMem.unmap_many``) with the per-entry outcome.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from phyrlab.dma.swiotlb import (
     is_swiotlb_active,
     is_swiotlb_force_bounce,
     swiotlb_map,
+    swiotlb_map_many,
     swiotlb_max_mapping_size,
 )
 from phyrlab.errors import DmaMappingError
@@ -115,17 +117,15 @@ class DmaDirect(DmaMapOps):
                 i = int(idx[0])
                 raise DmaMappingError("EIO", f"entry {i}: " + self._overflow(
                     dev, int(dma[i]), int(length[i])))
-            done = []
-            for i in idx.tolist():
-                try:
-                    out[i] = swiotlb_map(dev, int(addr[i]), int(length[i]), direction)
-                except DmaMappingError as exc:
-                    mem = dev.dma_io_tlb_mem
-                    for j in done:  # dma_direct_unmap_sg(..., DMA_ATTR_SKIP_CPU_SYNC)
-                        mem.tbl_unmap_single(dev, dev.dma_to_phys(int(out[j])), int(length[j]),
-                                             direction, skip_cpu_sync=True)
-                    raise DmaMappingError("EIO", f"entry {i}: {exc}") from exc
-                done.append(i)
+            # swiotlb_map of each in order (runs of them at once, see swiotlb_map_many)
+            dma_b, exc = swiotlb_map_many(dev, addr[idx], length[idx], direction)
+            done = idx[:len(dma_b)]
+            out[done] = dma_b
+            if exc is not None:
+                # dma_direct_unmap_sg(..., DMA_ATTR_SKIP_CPU_SYNC) of what was mapped
+                dev.dma_io_tlb_mem.unmap_many(dev, dev.dma_to_phys_array(dma_b), length[done],
+                                              direction, skip_cpu_sync=True)
+                raise DmaMappingError("EIO", f"entry {int(idx[len(dma_b)])}: {exc}") from exc
         if not dev.coherent:
             self.count("cache_maint_bytes", int(length.sum(dtype=U64)))
         return out, length.copy(), SgCookie(bounced=need)
@@ -140,8 +140,9 @@ class DmaDirect(DmaMapOps):
             return
         mem = dev.dma_io_tlb_mem
         phys = dev.dma_to_phys_array(dma_addr)
-        for i in np.flatnonzero(mem.is_swiotlb_buffer_array(phys)).tolist():
-            mem.tbl_unmap_single(dev, int(phys[i]), int(dma_len[i]), direction)
+        sel = mem.is_swiotlb_buffer_array(phys)
+        if sel.any():
+            mem.unmap_many(dev, phys[sel], np.asarray(dma_len, dtype=U64)[sel], direction)
 
     def _sync(self, dev, dma_addr, dma_len, direction, for_cpu: bool) -> int:
         check_direction(direction)

@@ -47,7 +47,12 @@ The other versions (read, not modelled):
 Simplified: one static pool (no dynamic pools, no restricted pools); bytes copied are counted,
 not moved; the search over candidate slots is vectorised but visits them in the kernel's order
 (in windows that grow from the area's cursor, so it stops near the first fit as the kernel's
-loop does; ``IoTlbMem.batch = False`` tests every candidate first, the reference).
+loop does; ``IoTlbMem.batch = False`` tests every candidate first, the reference). Lists
+bounce in runs: :func:`swiotlb_map_many` takes the bounces that land back to back at an area's
+cursor in one step and :meth:`IoTlbMem.unmap_many` gives disjoint ones back in one step,
+recounting ``slots[].list`` from the free slots of the segments touched (what the kernel's
+merging with free neighbours keeps it equal to); with ``batch = False`` both are one call per
+bounce.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ import numpy as np
 
 from phyrlab.dma.ops import DmaStats, check_direction, dma_limit
 from phyrlab.errors import DmaMappingError
-from phyrlab.faults import should_fail
+from phyrlab.faults import first_failure, should_fail
 from phyrlab.units import DMA_MAPPING_ERROR, PAGE_SIZE, SZ_64M, U64_MAX
 
 IO_TLB_SHIFT = 11
@@ -427,6 +432,167 @@ class IoTlbMem:
         self.release_slots(dev, tlb_addr)
         return copied
 
+    # -- many at once ---------------------------------------------------------------------
+    def _map_run(self, dev, orig: np.ndarray, size: np.ndarray
+                 ) -> tuple[int, int, np.ndarray]:
+        """Place the longest prefix of the bounces ``(orig[i], size[i])`` (``swiotlb_map``
+        with ``alloc_align_mask`` 0) that the slot search puts back to back at the cursor of
+        the first area it tries, each in a dma-capable slot; the slots are taken as the
+        single calls take them. Returns ``(placed, m, dma)``: ``m`` bounces qualified, the
+        first ``placed`` were mapped at DMA addresses ``dma``, and the fault point failed the
+        call after them when ``placed < m``."""
+        n_area = self.area_nslabs
+        boundary_mask = dev.seg_boundary_mask
+        tbl_dma_addr = dev.phys_to_dma(self.start) & boundary_mask
+        if tbl_dma_addr & (IO_TLB_SIZE - 1):
+            return 0, 0, orig[:0]
+        max_slots = (boundary_mask >> IO_TLB_SHIFT) + 1
+        bshift = nr_slots(tbl_dma_addr)
+        min_align = dev.min_align_mask & _U32
+        o = orig.astype(np.int64)
+        sz = size.astype(np.int64)
+        # swiotlb_tbl_map_single: offset, then swiotlb_search_pool_area's masks
+        offset = o & (min_align & (IO_TLB_SIZE - 1))
+        alloc = sz + offset
+        nsl = (alloc + IO_TLB_SIZE - 1) >> IO_TLB_SHIFT
+        # swiotlb_pool_find_slots: areas from cpu & (nareas - 1) on; one too full for the
+        # first bounce (the search's first test) is skipped, and must be for all of the run
+        free = n_area - self.area_used
+        area, skipped = self.cpu & (self.nareas - 1), -1
+        for _ in range(self.nareas):
+            if int(nsl[0]) <= int(free[area]):
+                break
+            skipped = max(skipped, int(free[area]))
+            area = 0 if area + 1 >= self.nareas else area + 1
+        else:
+            return 0, 0, orig[:0]
+        slot_base = area * n_area
+        if min_align:
+            aam = np.full(len(o), IO_TLB_SIZE - 1, dtype=np.int64)
+        else:
+            aam = np.where(alloc >= PAGE_SIZE, PAGE_SIZE - 1, 0) | (IO_TLB_SIZE - 1)
+        iotlb = min_align & ~aam & _U32
+        nz = o != 0
+        high = (aam | np.where(nz, iotlb, 0)) & ~(IO_TLB_SIZE - 1)
+        target = np.where(nz, o & iotlb, 0)
+        # only the low 32 bits meet the masks below
+        base_addr = (tbl_dma_addr + (slot_base << IO_TLB_SHIFT)) & _U32
+        cursor = int(self.area_index[area])
+        c = cursor + np.cumsum(nsl) - nsl  # area-relative slot of each, back to back
+        slot = slot_base + np.minimum(c, n_area - 1)
+        ok = (sz >= 1) & (nsl >= 1) & (c + nsl <= n_area)
+        ok &= orig != np.uint64(INVALID_PHYS_ADDR)
+        ok &= ((base_addr + (c << IO_TLB_SHIFT)) & high) == target
+        ok &= ~iommu_is_span_boundary(slot, nsl, bshift, max_slots)
+        ok &= self.list[slot] >= nsl
+        ok &= (int(self.area_used[area]) + np.cumsum(nsl) <= n_area) & (nsl > skipped)
+        tlb = (np.uint64(self.start) + (slot.astype(np.uint64) << np.uint64(IO_TLB_SHIFT))
+               + offset.astype(np.uint64))
+        dma = dev.phys_to_dma_array(tlb)
+        ok &= _capable_array(dev, dma, size)
+        bad = np.flatnonzero(~ok)
+        m = int(bad[0]) if bad.size else len(o)
+        # (c + nsl <= n_area: a run ends where the cursor wraps to 0)
+        placed = first_failure("swiotlb_slot", m)
+        if placed == 0:
+            return 0, m, orig[:0]
+        c, nsl, sz, offset = c[:placed], nsl[:placed], sz[:placed], offset[:placed]
+        first = slot_base + int(c[0])
+        last = slot_base + int(c[-1] + nsl[-1])
+        total = last - first
+        rel = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(nsl) - nsl, nsl)
+        # found: (the later ones' relink is a no-op: the slot before each was just taken)
+        self.list[first:last] = 0
+        self.alloc_size[first:last] = np.repeat(sz, nsl) - (rel << IO_TLB_SHIFT)
+        self._relink_before(first, 0)
+        nxt = int(c[-1] + nsl[-1])
+        self.area_index[area] = 0 if nxt >= n_area else nxt
+        self.area_used[area] += total
+        # tbl_map_single: no pad slots (offset < IO_TLB_SIZE), orig_addr per slot, bounce in
+        self.pad_slots[slot_base + c] = 0
+        self.orig_addr[first:last] = (np.repeat(orig[:placed], nsl)
+                                      + (rel.astype(np.uint64) << np.uint64(IO_TLB_SHIFT)))
+        self.stats["bounce_slots"] = self.stats.get("bounce_slots", 0) + total
+        self.stats["bounce_bytes"] = self.stats.get("bounce_bytes", 0) + int(sz.sum())
+        return placed, m, dma[:placed]
+
+    def unmap_many(self, dev, tlb_addr: np.ndarray, mapping_size: np.ndarray, direction: str,
+                   skip_cpu_sync: bool = False) -> int:
+        """``swiotlb_tbl_unmap_single`` of each ``(tlb_addr[i], mapping_size[i])`` in order;
+        bytes copied. With :attr:`batch`, disjoint allocations each inside one segment (any
+        list of live bounces) are given back at once: the copies are summed and every
+        touched segment's ``list`` is recounted from its free slots, which is what the
+        kernel's merging with free neighbours keeps it equal to; anything else (a double
+        free, a warning from ``swiotlb_bounce``, an address outside the pool) goes one call
+        at a time."""
+        tlb_addr = np.asarray(tlb_addr, dtype=np.uint64)
+        mapping_size = np.asarray(mapping_size, dtype=np.uint64)
+        k = len(tlb_addr)
+        if not self.batch or k < 2 or not self._unmap_many_batched(
+                dev, tlb_addr, mapping_size, direction, skip_cpu_sync):
+            return sum(self.tbl_unmap_single(dev, int(t), int(z), direction, skip_cpu_sync)
+                       for t, z in zip(tlb_addr.tolist(), mapping_size.tolist(), strict=True))
+        return int(mapping_size.sum()) if self._copies_back(direction, skip_cpu_sync) else 0
+
+    @staticmethod
+    def _copies_back(direction: str, skip_cpu_sync: bool) -> bool:
+        return not skip_cpu_sync and direction in ("from_device", "bidirectional")
+
+    def _unmap_many_batched(self, dev, tlb_addr: np.ndarray, size: np.ndarray,
+                            direction: str, skip_cpu_sync: bool) -> bool:
+        """:meth:`unmap_many` at once, or False (nothing changed) when it must go per call."""
+        if not self.is_swiotlb_buffer_array(tlb_addr).all():
+            return False
+        t = (tlb_addr - np.uint64(self.start)).astype(np.int64)
+        offset = tlb_addr.astype(np.int64) & (dev.min_align_mask & (IO_TLB_SIZE - 1))
+        index0 = (t - offset) >> IO_TLB_SHIFT
+        if (index0 < 0).any():
+            return False
+        index = index0 - self.pad_slots[index0]
+        if (index < 0).any():
+            return False
+        nsl = (self.alloc_size[index] + offset + IO_TLB_SIZE - 1) >> IO_TLB_SHIFT
+        end = index + nsl
+        if (nsl < 1).any() or (index0 >= end).any() or ((end - 1) >> 7 != index >> 7).any():
+            return False  # nothing held there, or a range across segments
+        order = np.argsort(index, kind="stable")
+        if (index[order][1:] < end[order][:-1]).any():
+            return False  # overlapping (a double free): the calls see each other
+        copy = self._copies_back(direction, skip_cpu_sync)
+        if copy:
+            # swiotlb_bounce's checks, on the slot of tlb_addr, before its release
+            bidx = t >> IO_TLB_SHIFT
+            if ((bidx < index) | (bidx >= end)).any():
+                return False
+            orig = self.orig_addr[bidx]
+            if (orig == np.uint64(INVALID_PHYS_ADDR)).any():
+                return False
+            tlb_off = t & (IO_TLB_SIZE - 1)
+            orig_off = orig.astype(np.int64) & (dev.min_align_mask & (IO_TLB_SIZE - 1))
+            left = self.alloc_size[bidx] - (tlb_off - orig_off)
+            if ((tlb_off < orig_off) | (tlb_off - orig_off > self.alloc_size[bidx])
+                    | (size.astype(np.int64) > left)).any():
+                return False  # a warning: per call, in order
+            self.stats["bounce_bytes"] = self.stats.get("bounce_bytes", 0) + int(size.sum())
+        # swiotlb_release_slots of each: clear the slots, recount the touched segments
+        rel = np.arange(int(nsl.sum()), dtype=np.int64) - np.repeat(np.cumsum(nsl) - nsl, nsl)
+        slots = np.repeat(index, nsl) + rel
+        self.orig_addr[slots] = INVALID_PHYS_ADDR
+        self.alloc_size[slots] = 0
+        self.pad_slots[slots] = 0
+        segs = np.unique(index >> 7)
+        view = self.list.reshape(-1, IO_TLB_SEGSIZE)
+        free = view[segs] > 0
+        free.reshape(-1)[np.searchsorted(segs, slots >> 7) * IO_TLB_SEGSIZE
+                         + (slots & (IO_TLB_SEGSIZE - 1))] = True
+        pos = np.arange(IO_TLB_SEGSIZE, dtype=np.int64)
+        # the first used slot at or after each slot (IO_TLB_SEGSIZE if none)
+        nxt = np.where(free, IO_TLB_SEGSIZE, pos)[:, ::-1]
+        nxt = np.minimum.accumulate(nxt, axis=1)[:, ::-1]
+        view[segs] = np.where(free, nxt - pos, 0)
+        np.subtract.at(self.area_used, index // self.area_nslabs, nsl)
+        return True
+
     def bounce(self, dev, tlb_addr: int, size: int, direction: str) -> int:
         """``swiotlb_bounce``: the bytes it would copy (its overflow checks included)."""
         index = (tlb_addr - self.start) >> IO_TLB_SHIFT
@@ -520,3 +686,54 @@ def swiotlb_map(dev, paddr: int, size: int, direction: str) -> int:
             "ENOMEM", f"swiotlb addr {dma_addr:#x}+{size} overflow (mask {dev.dma_mask:#x}, "
                       f"bus limit {dev.bus_dma_limit:#x}).")
     return dma_addr
+
+
+def _capable_array(dev, dma_addr: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """:func:`dma_capable` of every ``(dma_addr, size)`` pair with ``size >= 1``."""
+    limit = np.uint64(dma_limit(dev))
+    size = np.asarray(size, dtype=np.uint64)
+    return (dma_addr != np.uint64(DMA_MAPPING_ERROR)) & (dma_addr <= limit) & (
+        size - np.uint64(1) <= limit - np.minimum(dma_addr, limit))
+
+
+def swiotlb_map_many(dev, paddr: np.ndarray, size: np.ndarray, direction: str
+                     ) -> tuple[np.ndarray, DmaMappingError | None]:
+    """:func:`swiotlb_map` of each ``(paddr[i], size[i])`` in order, stopping at the first
+    that fails: the DMA addresses of those mapped, and the error of the one that failed
+    (None when all were mapped).
+
+    With ``IoTlbMem.batch``, runs of bounces the slot search places back to back at the
+    cursor are taken at once (:meth:`IoTlbMem._map_run`: same slots, cursor, counters and
+    fault-point calls as the single calls); every other bounce, and all of them with
+    ``batch = False``, is one :func:`swiotlb_map`.
+    """
+    paddr = np.asarray(paddr, dtype=np.uint64)
+    size = np.asarray(size, dtype=np.uint64)
+    k = len(paddr)
+    out = np.empty(k, dtype=np.uint64)
+    mem = dev.dma_io_tlb_mem
+    if k and mem is not None:
+        check_direction(direction)
+    i, w, single_until, backoff = 0, 64, 0, 1
+    while i < k:
+        if mem is not None and mem.batch and i >= single_until:
+            n = min(w, k - i)
+            placed, m, dma = mem._map_run(dev, paddr[i:i + n], size[i:i + n])
+            out[i:i + placed] = dma
+            i += placed
+            if placed < m:  # the fault point failed the next call
+                return out[:i], DmaMappingError(
+                    "ENOMEM", f"{dev.name}: swiotlb buffer is full (sz: {int(size[i])} bytes), "
+                              f"total {mem.nslabs} (slots), used {mem.used} (slots)")
+            w = min(4 * w, 1 << 16) if placed == n else 64
+            if placed:
+                backoff = 1
+                continue
+            # the search goes elsewhere: a few single calls before the next try
+            single_until, backoff = i + backoff, min(2 * backoff, 64)
+        try:
+            out[i] = swiotlb_map(dev, int(paddr[i]), int(size[i]), direction)
+        except DmaMappingError as exc:
+            return out[:i], exc
+        i += 1
+    return out, None
