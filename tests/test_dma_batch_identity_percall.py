@@ -274,3 +274,29 @@ def test_s390_fills_identically_at_scale(max_seg):
                   [small, (addr, length), small, small], ["bidirectional"], 2, {}, b,
                   _s390_state) for b in (True, False)]
     assert out[0] == out[1]
+
+
+# --------------------------------------------------------------------------- Xen swiotlb
+@pytest.mark.parametrize("chunk", [512, 300])
+def test_xen_swiotlb_p2m_reads_as_make_p2m(chunk):
+    """The P2M read through chunks and the pool overlay is make_p2m's array, remapped."""
+    from phyrlab.dma.xen import make_p2m
+
+    nr = 0x70000
+    dev = Device("xen_swiotlb_dma_ops", dma_mask=DMA_BIT_MASK(32),
+                 ops_params={"nr_pages": nr, "chunk_pages": chunk, "seed": 4})
+    ops = dev.ops
+    ref = make_p2m(nr, chunk, 4)
+    assert np.array_equal(ops.p2m, ref)
+    pool = ops._pool(dev)
+    first, last = pool.start >> 12, (pool.end - 1) >> 12
+    ref[first:last + 1] = np.arange(ops.pool_mfn, ops.pool_mfn + last - first + 1, dtype=U)
+    pfn = np.arange(nr, dtype=U)
+    assert np.array_equal(ops.p2m, ref) and np.array_equal(ops._mfn(pfn), ref)
+    rng = np.random.default_rng(1)
+    addr = rng.integers(0, (nr - 8) * PAGE_SIZE, 5000).astype(U)
+    length = rng.integers(1, 5 * PAGE_SIZE, 5000).astype(U)
+    pfn0, npg = addr >> U(12), ((addr & U(4095)) + length + U(4095)) >> U(12)
+    straddle = [bool(np.any(ref[p:p + n] != ref[p] + np.arange(n, dtype=U)))
+                for p, n in zip(pfn0.tolist(), npg.tolist(), strict=True)]
+    assert ops.straddles(addr, length).tolist() == straddle

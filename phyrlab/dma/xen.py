@@ -26,6 +26,7 @@ table growth (``gnttab_expand``) is not modelled.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -58,11 +59,19 @@ def make_p2m(nr_pages: int, chunk_pages: int = 512, seed: int = 0,
     """A P2M (pfn -> machine frame) of ``nr_pages``: contiguous chunks in shuffled order."""
     if nr_pages <= 0 or chunk_pages <= 0:
         raise ValueError(f"make_p2m({nr_pages}, {chunk_pages}): both must be positive")
+    first = _p2m_chunks(nr_pages, chunk_pages, seed, mfn_base)
+    within = np.arange(chunk_pages, dtype=np.uint64)
+    return (first[:, None] + within[None, :]).ravel()[:nr_pages]
+
+
+@lru_cache(maxsize=8)
+def _p2m_chunks(nr_pages: int, chunk_pages: int, seed: int, mfn_base: int) -> np.ndarray:
+    """First machine frame of each chunk of :func:`make_p2m` (read-only, cached)."""
     nchunks = -(-nr_pages // chunk_pages)
     order = np.random.default_rng(seed).permutation(nchunks).astype(np.uint64)
     first = _U64(mfn_base) + order * _U64(chunk_pages)
-    within = np.arange(nr_pages, dtype=np.uint64) % _U64(chunk_pages)
-    return np.repeat(first, chunk_pages)[:nr_pages] + within
+    first.flags.writeable = False
+    return first
 
 
 class XenSwiotlbOps(DmaMapOps):
@@ -82,10 +91,22 @@ class XenSwiotlbOps(DmaMapOps):
         super().__init__(entry, **params)
         p = self.params
         p2m = p.get("p2m")
+        # the P2M is never materialized: make_p2m's chunks (or the array passed), and the
+        # pool's remap as an overlay (_p2m_fix), both read through _mfn
+        self._p2m_base: np.ndarray | None = None
+        self._p2m_chunks: np.ndarray | None = None
         if p2m is None:
-            p2m = make_p2m(p.get("nr_pages", 1 << 22), p.get("chunk_pages", 512),
-                           p.get("seed", 0), p.get("mfn_base", 0x10_0000))
-        self.p2m = np.array(p2m, dtype=np.uint64)
+            nr, chunk = int(p.get("nr_pages", 1 << 22)), int(p.get("chunk_pages", 512))
+            if nr <= 0 or chunk <= 0:
+                raise ValueError(f"make_p2m({nr}, {chunk}): both must be positive")
+            self._p2m_chunks = _p2m_chunks(nr, chunk, int(p.get("seed", 0)),
+                                           int(p.get("mfn_base", 0x10_0000)))
+            self._chunk = chunk
+            self._nr_pages = nr
+        else:
+            self._p2m_base = np.array(p2m, dtype=np.uint64)
+            self._nr_pages = len(self._p2m_base)
+        self._p2m_fix: list[tuple[int, int, int]] = []  # (first pfn, last pfn, first mfn)
         self.pool_mfn = int(p.get("pool_mfn", 0x4_0000))  # 1 GiB: below MAX_DMA_BITS 32
         self._fixed: Any = None
 
@@ -96,14 +117,39 @@ class XenSwiotlbOps(DmaMapOps):
             raise DmaMappingError("ENOMEM", f"{self.name}: the device has no swiotlb pool")
         if self._fixed is not pool:
             first, last = pool.start >> XEN_PAGE_SHIFT, (pool.end - 1) >> XEN_PAGE_SHIFT
-            if last >= len(self.p2m):
+            if last >= self._nr_pages:
                 raise ValueError(f"{self.name}: swiotlb pool [{pool.start:#x}, {pool.end:#x}) "
-                                 f"is beyond the guest's {len(self.p2m)} pages")
-            n = last - first + 1
-            self.p2m[first:last + 1] = np.arange(self.pool_mfn, self.pool_mfn + n,
-                                                 dtype=np.uint64)
+                                 f"is beyond the guest's {self._nr_pages} pages")
+            self._p2m_fix.append((first, last, self.pool_mfn))
             self._fixed = pool
         return pool
+
+    @property
+    def p2m(self) -> np.ndarray:
+        """The P2M (pfn -> machine frame) as an array, the pool's remap applied (a copy)."""
+        if self._p2m_base is None:
+            within = np.arange(self._chunk, dtype=np.uint64)
+            out = (self._p2m_chunks[:, None] + within[None, :]).ravel()[:self._nr_pages]
+        else:
+            out = self._p2m_base.copy()
+        for first, last, mfn in self._p2m_fix:
+            out[first:last + 1] = np.arange(mfn, mfn + last - first + 1, dtype=np.uint64)
+        return out
+
+    def _mfn(self, pfn: np.ndarray) -> np.ndarray:
+        """``pfn_to_bfn`` per entry: the P2M at ``pfn`` (uint64 array)."""
+        if self._p2m_base is not None:
+            mfn = self._p2m_base[pfn]
+        elif self._chunk & (self._chunk - 1) == 0:
+            sh = _U64(self._chunk.bit_length() - 1)
+            mfn = self._p2m_chunks[pfn >> sh] + (pfn & _U64(self._chunk - 1))
+        else:
+            mfn = self._p2m_chunks[pfn // _U64(self._chunk)] + pfn % _U64(self._chunk)
+        for first, last, m0 in self._p2m_fix:
+            inside = (pfn >= _U64(first)) & (pfn <= _U64(last))
+            if inside.any():
+                mfn = np.where(inside, _U64(m0) + (pfn - _U64(first)), mfn)
+        return mfn
 
     def resources(self) -> dict[str, int]:
         """swiotlb slots held in the pool this backend bounced through."""
@@ -112,32 +158,35 @@ class XenSwiotlbOps(DmaMapOps):
     # xen_phys_to_dma / range_straddles_page_boundary, vectorized over entries
     def _check_pfns(self, addr: np.ndarray, length: np.ndarray) -> None:
         last = (addr + length - _U64(1)) >> _U64(XEN_PAGE_SHIFT)
-        bad = np.flatnonzero(last >= _U64(len(self.p2m)))
+        bad = np.flatnonzero(last >= _U64(self._nr_pages))
         if len(bad):
             i = int(bad[0])
             raise ValueError(f"{self.name}: entry {i} at {int(addr[i]):#x} is beyond the "
-                             f"guest's {len(self.p2m)} pages (no P2M entry)")
+                             f"guest's {self._nr_pages} pages (no P2M entry)")
 
     def phys_to_dma(self, addr: np.ndarray) -> np.ndarray:
         """``xen_phys_to_dma``: machine frame of the page plus the offset."""
         addr = np.asarray(addr, dtype=np.uint64)
         pfn = addr >> _U64(XEN_PAGE_SHIFT)
-        return (self.p2m[pfn] << _U64(XEN_PAGE_SHIFT)) | (addr & _U64(XEN_PAGE_SIZE - 1))
+        return (self._mfn(pfn) << _U64(XEN_PAGE_SHIFT)) | (addr & _U64(XEN_PAGE_SIZE - 1))
 
     def straddles(self, addr: np.ndarray, length: np.ndarray) -> np.ndarray:
         """``range_straddles_page_boundary`` per entry: machine frames not consecutive."""
         pfn0 = addr >> _U64(XEN_PAGE_SHIFT)
         npg = ((addr & _U64(XEN_PAGE_SIZE - 1)) + length + _U64(XEN_PAGE_SIZE - 1)) >> _U64(
             XEN_PAGE_SHIFT)
-        npg = npg.astype(np.int64)
-        total = int(npg.sum())
-        owner = np.repeat(np.arange(len(addr)), npg)
-        k = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(npg) - npg, npg)
-        pfns = pfn0[owner] + k.astype(np.uint64)
-        expect = self.p2m[pfn0][owner] + k.astype(np.uint64)
-        bad = self.p2m[pfns] != expect
         out = np.zeros(len(addr), dtype=bool)
-        np.logical_or.at(out, owner, bad)
+        multi = np.flatnonzero(npg > _U64(1))  # a range in one page never straddles
+        if not len(multi):
+            return out
+        npg = npg[multi].astype(np.int64)
+        total = int(npg.sum())
+        owner = np.repeat(np.arange(len(multi)), npg)
+        k = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(npg) - npg, npg)
+        pfns = pfn0[multi][owner] + k.astype(np.uint64)
+        expect = self._mfn(pfn0[multi])[owner] + k.astype(np.uint64)
+        bad = self._mfn(pfns) != expect
+        out[multi] = np.bincount(owner, weights=bad, minlength=len(multi)) > 0
         return out
 
     def _pool_dma(self, pool: Any) -> tuple[int, int]:
