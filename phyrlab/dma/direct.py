@@ -50,6 +50,8 @@ def dma_capable_array(dev, dma_addr: np.ndarray, size: np.ndarray) -> np.ndarray
         top = int(dma_addr.max())
         if top != DMA_MAPPING_ERROR and top + int(size.max()) - 1 <= dma_limit(dev):
             return np.ones(dma_addr.size, dtype=bool)     # every end is below the limit
+        if int(dma_addr.min()) > dma_limit(dev):
+            return np.zeros(dma_addr.size, dtype=bool)    # every start is above it
     limit = U64(dma_limit(dev))
     # end = addr + size - 1 <= limit  <=>  size - 1 <= limit - addr  (when addr <= limit)
     return (dma_addr != U64(DMA_MAPPING_ERROR)) & (dma_addr <= limit) & (
@@ -110,22 +112,28 @@ class DmaDirect(DmaMapOps):
             need = np.ones(len(addr), dtype=bool)
         else:
             need = ~dma_capable_array(dev, dma, length)
-        out = dma.copy() if (need.any() or dma is addr) else dma
-        if need.any():
-            idx = np.flatnonzero(need)
+        nb = int(np.count_nonzero(need))
+        out = dma.copy() if (0 < nb < len(addr) or (nb == 0 and dma is addr)) else dma
+        if nb:
             if not is_swiotlb_active(dev):
-                i = int(idx[0])
+                i = int(np.argmax(need))
                 raise DmaMappingError("EIO", f"entry {i}: " + self._overflow(
                     dev, int(dma[i]), int(length[i])))
             # swiotlb_map of each in order (runs of them at once, see swiotlb_map_many)
-            dma_b, exc = swiotlb_map_many(dev, addr[idx], length[idx], direction)
-            done = idx[:len(dma_b)]
-            out[done] = dma_b
+            idx = np.flatnonzero(need) if nb < len(addr) else None
+            b_addr, b_len = (addr, length) if idx is None else (addr[idx], length[idx])
+            dma_b, exc = swiotlb_map_many(dev, b_addr, b_len, direction)
             if exc is not None:
                 # dma_direct_unmap_sg(..., DMA_ATTR_SKIP_CPU_SYNC) of what was mapped
-                dev.dma_io_tlb_mem.unmap_many(dev, dev.dma_to_phys_array(dma_b), length[done],
+                k = len(dma_b)
+                dev.dma_io_tlb_mem.unmap_many(dev, dev.dma_to_phys_array(dma_b), b_len[:k],
                                               direction, skip_cpu_sync=True)
-                raise DmaMappingError("EIO", f"entry {int(idx[len(dma_b)])}: {exc}") from exc
+                i = k if idx is None else int(idx[k])
+                raise DmaMappingError("EIO", f"entry {i}: {exc}") from exc
+            if idx is None:
+                out = dma_b
+            else:
+                out[idx] = dma_b
         if not dev.coherent:
             self.count("cache_maint_bytes", int(length.sum(dtype=U64)))
         return out, length.copy(), SgCookie(bounced=need)

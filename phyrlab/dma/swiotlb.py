@@ -580,7 +580,8 @@ class IoTlbMem:
         self.orig_addr[slots] = INVALID_PHYS_ADDR
         self.alloc_size[slots] = 0
         self.pad_slots[slots] = 0
-        segs = np.unique(index >> 7)
+        seg_sorted = index[order] >> 7
+        segs = seg_sorted[np.append(True, seg_sorted[1:] != seg_sorted[:-1])]
         view = self.list.reshape(-1, IO_TLB_SEGSIZE)
         free = view[segs] > 0
         free.reshape(-1)[np.searchsorted(segs, slots >> 7) * IO_TLB_SEGSIZE
