@@ -505,7 +505,7 @@ class TableOps(DmaMapOps):
         one failed by fault injection."""
         p, t = self.p, self.table
         limit = self._limit(dev)
-        pool = None
+        pool = spill = None
         if p.alloc == "ppc_pools":
             # one pool for the whole run, entered at the handle (iommu_range_alloc)
             big = pages > 15
@@ -513,10 +513,20 @@ class TableOps(DmaMapOps):
             if len(same):
                 pages = pages[:int(same[0])]
             pool = self.pools[1] if big[0] else self.pools[0]
-            if not pool.start <= handle < pool.end:
+            if pool.start <= handle < pool.end:
+                limit = min(pool.end, limit)
+                c = max(handle, t.low_free)
+            elif not big[0] and self._pool_full(pool, limit):
+                # every try of the small pool fails; the last resort, the large pool
+                # searched from its start, lands on its first free entry
+                spill, pool = pool, self.pools[1]
+                limit = min(pool.end, limit)
+                free = np.flatnonzero(~t.map[pool.start:min(pool.end, t.size)])
+                if not len(free):
+                    return 0, False
+                c = pool.start + int(free[0])
+            else:
                 return 0, False
-            limit = min(pool.end, limit)
-            c = max(handle, t.low_free)
         elif p.alloc == "first_fit":
             c = t.low_free
         else:
@@ -568,7 +578,17 @@ class TableOps(DmaMapOps):
         elif pool is not None:
             bs = p.blocksize
             pool.hint = e if pages[0] > 15 else (e + bs - 1) & ~(bs - 1)
+            if spill is not None:
+                spill.hint = spill.start  # its failed tries searched it from the start
         return m, faulted
+
+    def _pool_full(self, pool: _Pool, limit: int) -> bool:
+        """No entry of ``pool`` that ``iommu_area_alloc`` may hand out is free, so every
+        search of it fails, whatever its start and size."""
+        t = self.table
+        size = min(pool.end, limit, t.size)
+        top = size if t.last_entry_usable else size - 1
+        return pool.start >= top or bool(t.map[pool.start:top].all())
 
     def _free_seq(self, index: np.ndarray, npages: np.ndarray) -> None:
         """``_free`` of each ``(index[i], npages[i])`` in order (the unwind of a map)."""
