@@ -165,6 +165,20 @@ def test_sgtable_old_way_writes_its_own_entries_and_agrees():
     dma_unmap(dev, new)
 
 
+def test_sgtable_may_repeat_a_page_as_the_kernel_allows_but_a_range_list_may_not():
+    """dma_map_sg walks what the table holds: a bio may carry ZERO_PAGE twice. A phyr range
+    list describes each byte once, so dma_map of the same pair is refused."""
+    layouts = pytest.importorskip("phyrlab.layouts")
+    pfns = np.array([0x1234, 0x99, 0x1234], dtype=U64)   # the same page twice
+    sgt = layouts.sg_alloc_table_from_pages(pfns, 0, 3 * 4096, 1 << 31)
+    dev = Device(dma_mask=DMA_BIT_MASK(64))
+    m = dma_map_sgtable(dev, sgt, "to_device")
+    assert list(m.dma_addr) == [0x1234 << 12, 0x99 << 12, 0x1234 << 12]
+    dma_unmap_sgtable(dev, sgt, "to_device")
+    with pytest.raises(RangeError, match="ranges 0 .* and 2 .* overlap"):
+        dma_map(dev, sgt.sg_entries(), "to_device")
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     out = set()

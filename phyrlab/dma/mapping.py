@@ -81,7 +81,11 @@ def _as_ranges(x: Any) -> tuple[np.ndarray, np.ndarray]:
         if addr.size == 0:
             raise RangeError("cannot map an empty range list")
         return addr, length
-    addr, length = x.ranges() if hasattr(x, "ranges") else x
+    return _checked_pair(*(x.ranges() if hasattr(x, "ranges") else x))
+
+
+def _checked_pair(addr: Any, length: Any) -> tuple[np.ndarray, np.ndarray]:
+    """uint64 arrays of one shape, no zero length, no end past 2^64 (overlaps not checked)."""
     addr = np.asarray(addr)
     length = np.asarray(length)
     if addr.ndim != 1 or addr.shape != length.shape:
@@ -401,16 +405,28 @@ def dma_sync_for_device(dev, dma_list: DmaList, direction: str | None = None) ->
 # --------------------------------------------------------------------------- the old way
 
 
+class _SgEntries:
+    """A table's entries as ``dma_map_sg`` walks them: checked, overlaps allowed."""
+
+    def __init__(self, sgt: Any):
+        self.sgt = sgt
+
+    def ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        return _checked_pair(*self.sgt.sg_entries())
+
+
 def dma_map_sgtable(dev, sgt: Any, direction: str = "bidirectional") -> DmaList:
     """``dma_map_sgtable``: map the table's entries and write the DMA fields into them.
 
     The entries go to the backend as stored (``sgt.sg_entries()``, as ``for_each_sg`` walks
-    them), not merged. Sets ``sgt.nents`` through ``sgt.set_dma``; the live mapping is kept in
-    ``sgt.mapping`` and returned (for its counters).
+    them), not merged. Entries may overlap, as in the kernel (a bio can carry ``ZERO_PAGE``
+    more than once); dma-debug's cacheline check is what objects to overlapping mappings the
+    device may write. Zero lengths and ends past 2^64 are refused. Sets ``sgt.nents`` through
+    ``sgt.set_dma``; the live mapping is kept in ``sgt.mapping`` and returned (for its counters).
     """
     if getattr(sgt, "mapping", None) is not None:
         raise ValueError("dma_map_sgtable: this table is already mapped")
-    dma_list = dma_map(dev, sgt.sg_entries(), direction, split=False)
+    dma_list = dma_map(dev, _SgEntries(sgt), direction, split=False)
     try:
         sgt.set_dma(dma_list.dma_addr, dma_list.length)
     except Exception:
