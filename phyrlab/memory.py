@@ -50,7 +50,7 @@ def fragmented_pfns(npages: int, mean_run: float, seed: int = 0,
     runs[-1] -= int(runs.sum()) - npages
     gaps = rng.geometric(1.0 / max(mean_run, 1.0), size=runs.size).astype(np.int64)
     order = rng.permutation(runs.size)
-    slot = runs[order] + gaps[order]
+    slot = (runs + gaps)[order]
     start = np.empty(runs.size, dtype=np.int64)
     start[order] = base_pfn + np.cumsum(slot) - slot
     within = np.arange(npages, dtype=np.int64) - np.repeat(np.cumsum(runs) - runs, runs)
