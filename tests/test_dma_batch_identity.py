@@ -320,8 +320,8 @@ def test_table_long_lists_batched_equals_per_entry(name, seeds, n, limits, entri
 def _bounce_list(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Mostly 4 KiB pages (page aligned or at an offset, some at address 0), with sizes from
     1 byte to more than a segment holds."""
-    size = rng.choice([4096, 1, 512, 2048, 2049, 5000, 65536, 262144, 300000], n,
-                      p=[0.8, 0.03, 0.03, 0.03, 0.03, 0.03, 0.03, 0.015, 0.005])
+    size = rng.choice([4096, 1, 512, 2048, 2049, 5000, 65536, 262144, 300000, 1 << 62], n,
+                      p=[0.8, 0.03, 0.03, 0.03, 0.03, 0.03, 0.03, 0.015, 0.004, 0.001])
     paddr = rng.integers(1, 1 << 22, n).astype(U) * U(PAGE_SIZE)
     off = rng.random(n) < 0.2
     paddr[off] += rng.integers(1, 4096, int(off.sum())).astype(U)

@@ -479,8 +479,9 @@ class IoTlbMem:
         base_addr = (tbl_dma_addr + (slot_base << IO_TLB_SHIFT)) & _U32
         cursor = int(self.area_index[area])
         c = cursor + np.cumsum(nsl) - nsl  # area-relative slot of each, back to back
-        slot = slot_base + np.minimum(c, n_area - 1)
-        ok = (sz >= 1) & (nsl >= 1) & (c + nsl <= n_area)
+        # (past the first bounce that does not qualify, c may be anything: clip to index)
+        slot = slot_base + np.clip(c, 0, n_area - 1)
+        ok = (sz >= 1) & (nsl >= 1) & (nsl <= IO_TLB_SEGSIZE) & (c + nsl <= n_area)
         ok &= orig != np.uint64(INVALID_PHYS_ADDR)
         ok &= ((base_addr + (c << IO_TLB_SHIFT)) & high) == target
         ok &= ~iommu_is_span_boundary(slot, nsl, bshift, max_slots)
