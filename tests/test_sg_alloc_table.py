@@ -110,3 +110,18 @@ def test_bad_input_names_the_value():
         pl.sg_alloc_table_from_pages(np.array([0, -3]))
     with pytest.raises(ValueError, match="size 8193"):
         pl.sg_alloc_table_from_pages(np.array([0, 1]), 0, 8193)
+
+
+def test_sg_chunks_closed_form_is_the_kernel_loop():
+    """__sg_alloc_table: while (left > SG_MAX_SINGLE_ALLOC) take a full chunk whose last
+    entry is the chain link (left -= SG_MAX_SINGLE_ALLOC - 1); the rest is the last chunk."""
+    from phyrlab.layouts.scatterlist import SG_MAX_SINGLE_ALLOC as MAX
+
+    for n in [*range(0, 1200), 10**6 - 1, 10**6, 10**6 + 127]:
+        chunks, left = [], n
+        while n > 0 and left > MAX:
+            chunks.append(MAX)
+            left -= MAX - 1
+        if n > 0:
+            chunks.append(left)
+        assert sg_chunks(n) == chunks, n

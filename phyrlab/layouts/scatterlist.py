@@ -55,13 +55,9 @@ def sg_chunks(nents: int) -> list[int]:
     """Entries allocated per chunk for ``nents`` data entries (``__sg_alloc_table``)."""
     if nents <= 0:
         return []
-    chunks = []
-    left = nents
-    while left > SG_MAX_SINGLE_ALLOC:
-        chunks.append(SG_MAX_SINGLE_ALLOC)
-        left -= SG_MAX_SINGLE_ALLOC - 1
-    chunks.append(left)
-    return chunks
+    # while (left > SG_MAX_SINGLE_ALLOC) { full chunk; left -= SG_MAX_SINGLE_ALLOC - 1; }
+    full = max(0, -(-(nents - SG_MAX_SINGLE_ALLOC) // (SG_MAX_SINGLE_ALLOC - 1)))
+    return [SG_MAX_SINGLE_ALLOC] * full + [nents - full * (SG_MAX_SINGLE_ALLOC - 1)]
 
 
 def sg_kmalloc_bytes(alloc_size: int) -> int:
