@@ -27,6 +27,7 @@ of kmalloc objects of 64 bytes and more); the IOMMU path's extra passes over the
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Any
 
@@ -35,7 +36,7 @@ import numpy as np
 from .dma import Device, dma_map, dma_map_sgtable
 from .errors import DmaMappingError
 from .layouts import LAYOUTS, SCATTERLIST_MAX_SEGMENT, SgTable, sg_alloc_table_from_pages
-from .layouts.scatterlist import SCATTERLIST_DTYPE, SG_CHAIN
+from .layouts.scatterlist import SCATTERLIST_DTYPE, SG_CHAIN, SG_MAX_SINGLE_ALLOC
 from .units import DMA_BIT_MASK, human_bytes
 from .workloads import Buffer, build
 
@@ -109,9 +110,17 @@ def _field_span(dtype: np.dtype, names: tuple[str, ...]) -> tuple[int, int]:
 
 
 def array_lines(n: int, entry_size: int, field: tuple[int, int] | None = None) -> int:
-    """Lines touched walking all ``n`` entries of one array (``field``: only those bytes)."""
+    """Lines touched walking all ``n`` entries of one array (``field``: only those bytes).
+
+    The access pattern repeats every ``P = line / gcd(entry_size, line)`` entries, and each
+    period spans whole lines of its own, so ``q`` full periods touch ``q`` times one period's
+    lines: ``lines_touched`` runs on at most ``2P`` entries, not ``n``.
+    """
     start, size = field if field is not None else (0, entry_size)
-    return lines_touched(np.arange(n, dtype=np.int64) * entry_size + start, size)
+    period = CACHE_LINE // math.gcd(entry_size, CACHE_LINE)
+    q, r = divmod(int(n), period)
+    pos = np.arange(max(period, r), dtype=np.int64) * entry_size + start
+    return q * lines_touched(pos[:period], size) + lines_touched(pos[:r], size)
 
 
 def sg_bytes(sgt: SgTable) -> dict[str, int]:
@@ -120,22 +129,37 @@ def sg_bytes(sgt: SgTable) -> dict[str, int]:
     return {"bytes": sgt.nbytes, "dma_bytes": dma, "cpu_bytes": sgt.nbytes - dma}
 
 
-def sg_walk_lines(sgt: SgTable) -> dict[str, int]:
-    """Cache lines of the mapping walk and of the driver's DMA walk of a mapped table."""
+def _sg_lines(chain: np.ndarray, dma_only: bool) -> int:
+    """Lines touched over entries ``0..len(chain)-1`` of one chunk (offsets from its start):
+    a chain link's ``page_link``; a data entry whole, or only its DMA fields."""
     size = SCATTERLIST_DTYPE.itemsize
-    chain = (sgt.entries["page_link"] & np.uint64(SG_CHAIN)) != 0
-    pos = np.arange(len(sgt.entries), dtype=np.int64)
+    pos = np.arange(chain.size, dtype=np.int64) * size
     link_size = SCATTERLIST_DTYPE.fields["page_link"][0].itemsize
-    map_lines = lines_touched(pos * size, np.where(chain, link_size, size))
-    data = np.flatnonzero(~chain)
+    dstart, dsize = _field_span(SCATTERLIST_DTYPE, ("dma_address", "dma_length"))
+    if not dma_only:
+        return lines_touched(pos, np.where(chain, link_size, size))
+    return lines_touched(np.where(chain, pos, pos + dstart), np.where(chain, link_size, dsize))
+
+
+def sg_walk_lines(sgt: SgTable) -> dict[str, int]:
+    """Cache lines of the mapping walk and of the driver's DMA walk of a mapped table.
+
+    A full chunk (``SG_MAX_SINGLE_ALLOC`` entries, one page) starts on a line of its own, so
+    the walks are counted on one full chunk and the partial one, then multiplied out.
+    """
+    per = SG_MAX_SINGLE_ALLOC
+    full = len(sgt.chunks) - 1
+    chunk_chain = (sgt.entries["page_link"][:per] & np.uint64(SG_CHAIN)) != 0
+    tail_chain = (sgt.entries["page_link"][full * per:] & np.uint64(SG_CHAIN)) != 0
+    map_lines = full * _sg_lines(chunk_chain, False) + _sg_lines(tail_chain, False)
     if sgt.nents == 0:
         return {"map_lines": map_lines, "driver_lines": 0}
-    last = int(data[sgt.nents - 1])
-    dstart, dsize = _field_span(SCATTERLIST_DTYPE, ("dma_address", "dma_length"))
-    walk = pos[: last + 1]
-    off = np.where(chain[: last + 1], walk * size, walk * size + dstart)
-    sz = np.where(chain[: last + 1], link_size, dsize)
-    return {"map_lines": map_lines, "driver_lines": lines_touched(off, sz)}
+    # where data entry nents - 1 sits: a full chunk holds per - 1 data entries and a link
+    d = sgt.nents - 1
+    c, k = divmod(d, per - 1) if d < full * (per - 1) else (full, d - full * (per - 1))
+    last_chain = chunk_chain if c < full else tail_chain
+    driver = c * _sg_lines(chunk_chain, True) + _sg_lines(last_chain[: k + 1], True)
+    return {"map_lines": map_lines, "driver_lines": driver}
 
 
 def _error_row(base: dict, exc: DmaMappingError) -> dict:

@@ -124,3 +124,40 @@ def test_panel_and_site_page():
     assert panel.sources["split"].data["bytes"] != before
     html = file_html(site_page(), INLINE, title="t")
     assert "cdn.bokeh.org" not in html and "customjs" in html.lower()
+
+
+def _sg_walk_lines_every_entry(sgt) -> dict[str, int]:
+    """The walks entry by entry over the whole table (the reference for the chunked count)."""
+    from phyrlab.layouts.scatterlist import SCATTERLIST_DTYPE, SG_CHAIN
+
+    size = SCATTERLIST_DTYPE.itemsize
+    chain = (sgt.entries["page_link"] & np.uint64(SG_CHAIN)) != 0
+    pos = np.arange(len(sgt.entries), dtype=np.int64)
+    link = SCATTERLIST_DTYPE.fields["page_link"][0].itemsize
+    map_lines = cs.lines_touched(pos * size, np.where(chain, link, size))
+    if sgt.nents == 0:
+        return {"map_lines": map_lines, "driver_lines": 0}
+    last = int(np.flatnonzero(~chain)[sgt.nents - 1])
+    dstart = SCATTERLIST_DTYPE.fields["dma_address"][1]
+    dsize = SCATTERLIST_DTYPE.fields["dma_length"][1] + 4 - dstart
+    c = chain[: last + 1]
+    off = np.where(c, pos[: last + 1] * size, pos[: last + 1] * size + dstart)
+    return {"map_lines": map_lines,
+            "driver_lines": cs.lines_touched(off, np.where(c, link, dsize))}
+
+
+@pytest.mark.parametrize("n", [1, 2, 127, 128, 129, 254, 255, 256, 300, 5000])
+def test_sg_walk_lines_chunked_equals_entry_by_entry(n):
+    pfns = np.arange(0, 2 * n, 2, dtype=np.uint64) + 0x100000
+    sgt = sg_alloc_table_from_pages(pfns)
+    for nents in sorted({0, 1, min(2, n), n // 3, n - 1, n}):
+        sgt.nents = nents
+        assert cs.sg_walk_lines(sgt) == _sg_walk_lines_every_entry(sgt), (n, nents)
+
+
+@pytest.mark.parametrize("entry_size", [8, 12, 16, 24, 32, 40, 48, 96])
+def test_array_lines_by_period_equals_every_entry(entry_size):
+    for n in [0, 1, 3, 7, 8, 9, 100, 1001]:
+        for start, size in [(0, entry_size), (entry_size // 2, entry_size // 2), (4, 4)]:
+            every = cs.lines_touched(np.arange(n, dtype=np.int64) * entry_size + start, size)
+            assert cs.array_lines(n, entry_size, (start, size)) == every, (entry_size, n, start)
