@@ -328,7 +328,7 @@ def _link_ranges(dev, ops, state: DmaIovaState, addr: np.ndarray, length: np.nda
                 dma_iova_link(dev, state, int(addr[stop]), mapped, int(length[stop]),
                               direction)
             except DmaMappingError as exc:
-                return mapped, exc
+                return mapped, exc.with_traceback(None)  # no frame cycle
             mapped += int(length[stop])
         start = stop + 1
     return mapped, None
@@ -349,7 +349,7 @@ def _link_batch(dev, ops, state, iova, phys, size, addr, length, offset: int,
                 offset += n
                 done += 1
         except DmaMappingError as exc:
-            return done, exc
+            return done, exc.with_traceback(None)  # no frame cycle
         return done, None
     done, exc = res
     if not dev.coherent:   # __dma_iova_link: arch_sync_dma_for_device before iommu_map
@@ -391,7 +391,10 @@ def dma_map_iova(dev, ranges, direction: str = "bidirectional") -> DmaList:
             if LINK_BATCH:
                 mapped, exc = _link_ranges(dev, ops, state, addr, length, direction)
                 if exc is not None:
-                    raise exc
+                    try:
+                        raise exc
+                    finally:
+                        exc = None  # the frame must not keep its own traceback alive
             else:
                 for a, n in zip(addr.tolist(), length.tolist(), strict=True):
                     dma_iova_link(dev, state, a, mapped, n, direction)

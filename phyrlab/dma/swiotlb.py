@@ -736,6 +736,6 @@ def swiotlb_map_many(dev, paddr: np.ndarray, size: np.ndarray, direction: str
         try:
             out[i] = swiotlb_map(dev, int(paddr[i]), int(size[i]), direction)
         except DmaMappingError as exc:
-            return out[:i], exc
+            return out[:i], exc.with_traceback(None)  # no frame cycle
         i += 1
     return out, None

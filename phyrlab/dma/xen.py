@@ -410,12 +410,10 @@ class XenGrantOps(DmaMapOps):
                     starts.astype(np.uint64) << _U64(XEN_PAGE_SHIFT)) | off[i:i + j]
             if j < m:  # the fault: this call's DMA_MAPPING_ERROR
                 self.count("entries_walked")
-                exc = DmaMappingError(
-                    "ENOMEM", f"{self.name}: no {int(npg[i + j])} consecutive grant "
-                    f"references free (DMA_MAPPING_ERROR); {int((~self.free).sum())} of "
-                    f"{total} in use")
+                msg = (f"{self.name}: no {int(npg[i + j])} consecutive grant references "
+                       f"free (DMA_MAPPING_ERROR); {int((~self.free).sum())} of {total} in use")
                 self._unmap_many(dev, out[:i + j], length[:i + j], direction)
-                raise exc
+                raise DmaMappingError("ENOMEM", msg)
             i += m
             if m == len(pages):
                 w = min(4 * w, 1 << 16)
