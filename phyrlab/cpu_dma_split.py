@@ -167,10 +167,20 @@ def _error_row(base: dict, exc: DmaMappingError) -> dict:
             "bounce_bytes": 0, "error": f"-{exc.errno}"}
 
 
-def measure_combined(buffer: Buffer, backend: str) -> dict[str, Any]:
-    """Map ``buffer`` the old way (``sg_alloc_table_from_pages`` + ``dma_map_sgtable``)."""
+def measure_combined(buffer: Buffer, backend: str, lists: dict | None = None
+                     ) -> dict[str, Any]:
+    """Map ``buffer`` the old way (``sg_alloc_table_from_pages`` + ``dma_map_sgtable``).
+
+    ``lists``: a dict shared by the measurements of one buffer; a table built for one
+    ``max_seg_size`` is kept there unmapped and each measurement maps its own copy.
+    """
     dev = make_device(backend)
-    sgt = sg_alloc_table_from_pages(buffer.pfns, buffer.offset, buffer.size, dev.max_seg_size)
+    key = ("scatterlist", dev.max_seg_size)
+    lists = {} if lists is None else lists
+    if key not in lists:
+        lists[key] = sg_alloc_table_from_pages(buffer.pfns, buffer.offset, buffer.size,
+                                               dev.max_seg_size)
+    sgt = lists[key].copy()
     b = sg_bytes(sgt)
     base = {"backend": backend, "list": "scatterlist", "cpu_entries": sgt.orig_nents,
             "bytes": b["bytes"], "cpu_bytes": b["cpu_bytes"]}
@@ -183,12 +193,20 @@ def measure_combined(buffer: Buffer, backend: str) -> dict[str, Any]:
     return row              # the device is private to this measurement: no unmap needed
 
 
-def measure_split(buffer: Buffer, backend: str, cpu_layout: str = "phyr") -> dict[str, Any]:
-    """Map ``buffer`` stored in ``cpu_layout`` with ``dma_map()``; DMA side as dma_vecs."""
+def measure_split(buffer: Buffer, backend: str, cpu_layout: str = "phyr",
+                  lists: dict | None = None) -> dict[str, Any]:
+    """Map ``buffer`` stored in ``cpu_layout`` with ``dma_map()``; DMA side as dma_vecs.
+
+    ``lists``: as for :func:`measure_combined`; the CPU list is shared (``dma_map`` never
+    writes it).
+    """
     if cpu_layout not in CPU_LAYOUTS:
         raise ValueError(f"cpu_layout {cpu_layout!r}: expected one of {CPU_LAYOUTS}")
     dev = make_device(backend)
-    x = buffer.layout(cpu_layout)
+    lists = {} if lists is None else lists
+    if cpu_layout not in lists:
+        lists[cpu_layout] = buffer.layout(cpu_layout)
+    x = lists[cpu_layout]
     base = {"backend": backend, "list": f"{cpu_layout} + dma_vec", "cpu_entries": len(x),
             "bytes": x.nbytes, "cpu_bytes": x.nbytes}
     try:
@@ -209,10 +227,10 @@ def measure_split(buffer: Buffer, backend: str, cpu_layout: str = "phyr") -> dic
 def _rows(workload: str, size: int | None, mean_run: float | None, cpu_layout: str,
           seed: int) -> tuple[tuple[tuple[str, Any], ...], ...]:
     buf = build(workload, size=size, seed=seed, mean_run_pages=mean_run)
-    out = []
+    out, lists = [], {}
     for backend in BACKENDS:
-        out.append(measure_combined(buf, backend))
-        out.append(measure_split(buf, backend, cpu_layout))
+        out.append(measure_combined(buf, backend, lists))
+        out.append(measure_split(buf, backend, cpu_layout, lists))
     return tuple(tuple(r.items()) for r in out)
 
 

@@ -112,6 +112,12 @@ class SgTable(Layout):
         """``sg_alloc_table_from_pages``: runs merged up to ``SCATTERLIST_MAX_SEGMENT``."""
         return sg_alloc_table_from_pages(pfns, offset, size, SCATTERLIST_MAX_SEGMENT)
 
+    def copy(self) -> SgTable:
+        """An unmapped copy of the entries (``nents`` back to ``orig_nents``)."""
+        if self.mapping is not None:
+            raise ValueError("copy() of a mapped table: unmap it first")
+        return type(self)(self.entries.copy(), self.orig_nents)
+
     # -- the protocol
     def __len__(self) -> int:
         return self.entries.size
