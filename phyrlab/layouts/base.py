@@ -347,12 +347,23 @@ class Layout:
 
 
 class EntryArrayLayout(Layout):
-    """A layout whose whole state is one structured array of entries (``self.entries``)."""
+    """A layout whose whole state is one structured array of entries (``self.entries``).
+
+    The entries are read-only once built, so the merged :meth:`ranges` are computed once.
+    """
 
     dtype: ClassVar[np.dtype]
 
     def __init__(self, entries: np.ndarray):
+        entries.flags.writeable = False
         self.entries = entries
+        self._ranges: tuple[np.ndarray, np.ndarray] | None = None
+
+    def ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`Layout.ranges`, computed on the first call."""
+        if self._ranges is None:
+            self._ranges = super().ranges()
+        return self._ranges
 
     def __len__(self) -> int:
         return self.entries.size
