@@ -53,8 +53,11 @@ def fragmented_pfns(npages: int, mean_run: float, seed: int = 0,
     slot = (runs + gaps)[order]
     start = np.empty(runs.size, dtype=np.int64)
     start[order] = base_pfn + np.cumsum(slot) - slot
-    within = np.arange(npages, dtype=np.int64) - np.repeat(np.cumsum(runs) - runs, runs)
-    return (np.repeat(start, runs) + within).astype(U64)
+    # page i of the run that begins at list index first[r] sits at start[r] + (i - first[r])
+    start -= np.cumsum(runs) - runs
+    pfns = np.repeat(start, runs)
+    pfns += np.arange(npages, dtype=np.int64)
+    return pfns.view(U64)
 
 
 def hugepage_pfns(npages: int, hugepage_size: int = SZ_2M, seed: int = 0,

@@ -29,8 +29,9 @@ WORKLOADS = ["nvme-4k-random", "nvme-128k-seq", "rdma-mr-1g-4k", "gpu-buffer"]
 
 @lru_cache(maxsize=32)
 def storage_columns(workload: str, size: int) -> dict[str, list]:
-    """Bytes of storage per layout for one buffer (notebook 01's model)."""
-    return storage.storage_columns(storage.storage_rows(build(workload, size=size)))
+    """Bytes of storage per layout for one buffer (notebook 01's model); the buffer is the one
+    :func:`backend_columns` maps (``backends.buffer``, cached), built once."""
+    return storage.storage_columns(storage.storage_rows(backends.buffer(workload, size)))
 
 
 def backend_columns(workload: str, size: int) -> dict[str, list]:
