@@ -63,3 +63,11 @@ def test_xen_grant_exhaustion_leaves_no_cycle():
     assert isinstance(dev.ops, XenGrantOps)
     with faults.inject("grant_alloc", nth=500):
         _fails_without_cycles(dma_map, dev, 2_000)
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_xen_swiotlb_full_leaves_no_cycle(batch):
+    # every page above 4 GiB bounces for a 32-bit device: the 64 MiB pool fills at 16,384
+    dev = Device("xen_swiotlb_dma_ops", dma_mask=DMA_BIT_MASK(32))
+    dev.ops.batch = batch
+    _fails_without_cycles(dma_map, dev, 20_000)

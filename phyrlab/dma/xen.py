@@ -39,7 +39,11 @@ from phyrlab.dma.ops import (
     dma_limit,
     register_family,
 )
-from phyrlab.dma.swiotlb import is_swiotlb_force_bounce, swiotlb_max_mapping_size
+from phyrlab.dma.swiotlb import (
+    is_swiotlb_force_bounce,
+    swiotlb_map_many,
+    swiotlb_max_mapping_size,
+)
 from phyrlab.errors import DmaMappingError
 from phyrlab.faults import first_failure, should_fail
 from phyrlab.units import DMA_BIT_MASK, PAGE_SHIFT
@@ -81,7 +85,16 @@ class XenSwiotlbOps(DmaMapOps):
     :class:`~phyrlab.dma.swiotlb.IoTlbMem`), whose pages this backend first makes machine-
     contiguous at ``pool_mfn`` below 4 GiB in the P2M, as ``xen_swiotlb_fixup`` does with
     ``xen_create_contiguous_region``.
+
+    ``batch`` (default True): when every bounce the pool can hold is dma-capable both as the
+    core sees it (``phys_to_dma``) and through the P2M remap, ``map_sg`` bounces its entries
+    with :func:`~phyrlab.dma.swiotlb.swiotlb_map_many` and ``map_sg``'s unwind and
+    ``unmap_sg`` give them back with :meth:`~phyrlab.dma.swiotlb.IoTlbMem.unmap_many`; False
+    (or any other pool or limit) bounces entry by entry (the reference). DMA addresses,
+    errors, counters, pool state and fault-injection calls are the same.
     """
+
+    batch: bool = True
 
     def __init__(self, entry: OpsEntry | None = None, **params: Any):
         allowed = {"p2m", "nr_pages", "chunk_pages", "seed", "mfn_base", "pool_mfn"}
@@ -138,6 +151,8 @@ class XenSwiotlbOps(DmaMapOps):
 
     def _mfn(self, pfn: np.ndarray) -> np.ndarray:
         """``pfn_to_bfn`` per entry: the P2M at ``pfn`` (uint64 array)."""
+        shape = np.shape(pfn)
+        pfn = np.asarray(pfn).reshape(-1)  # mfn below is then a new 1-D array, written in place
         if self._p2m_base is not None:
             mfn = self._p2m_base[pfn]
         elif self._chunk & (self._chunk - 1) == 0:
@@ -146,10 +161,11 @@ class XenSwiotlbOps(DmaMapOps):
         else:
             mfn = self._p2m_chunks[pfn // _U64(self._chunk)] + pfn % _U64(self._chunk)
         for first, last, m0 in self._p2m_fix:
-            inside = (pfn >= _U64(first)) & (pfn <= _U64(last))
-            if inside.any():
-                mfn = np.where(inside, _U64(m0) + (pfn - _U64(first)), mfn)
-        return mfn
+            rel = pfn - _U64(first)  # wraps below first: one unsigned compare
+            inside = np.flatnonzero(rel <= _U64(last - first))
+            if len(inside):
+                mfn[inside] = _U64(m0) + rel[inside]
+        return mfn.reshape(shape)
 
     def resources(self) -> dict[str, int]:
         """swiotlb slots held in the pool this backend bounced through."""
@@ -157,8 +173,10 @@ class XenSwiotlbOps(DmaMapOps):
 
     # xen_phys_to_dma / range_straddles_page_boundary, vectorized over entries
     def _check_pfns(self, addr: np.ndarray, length: np.ndarray) -> None:
-        last = (addr + length - _U64(1)) >> _U64(XEN_PAGE_SHIFT)
-        bad = np.flatnonzero(last >= _U64(self._nr_pages))
+        last = addr + length - _U64(1)
+        if not len(last) or int(last.max()) >> XEN_PAGE_SHIFT < self._nr_pages:
+            return  # (one reduction; the index only when an entry is beyond)
+        bad = np.flatnonzero((last >> _U64(XEN_PAGE_SHIFT)) >= _U64(self._nr_pages))
         if len(bad):
             i = int(bad[0])
             raise ValueError(f"{self.name}: entry {i} at {int(addr[i]):#x} is beyond the "
@@ -242,17 +260,18 @@ class XenSwiotlbOps(DmaMapOps):
                direction: str) -> tuple[np.ndarray, np.ndarray, Any]:
         """``xen_swiotlb_map_sg``: per entry; direct decision vectorized, bounces in order."""
         check_direction(direction)
-        self._pool(dev)
+        pool = self._pool(dev)
         addr = np.asarray(addr, dtype=np.uint64)
         length = np.asarray(length, dtype=np.uint64)
         self._check_pfns(addr, length)
         self.count("entries_walked", len(addr))
-        dma = self.phys_to_dma(addr)
-        ok = (dma + length - _U64(1)) <= _U64(dma_limit(dev))
+        if self.batch and self._pool_capable(dev, pool):
+            return self._map_sg_many(dev, pool, addr, length, direction)
+        out = self.phys_to_dma(addr)  # a new array: bounced entries are written over
+        ok = (out + length - _U64(1)) <= _U64(dma_limit(dev))
         ok &= ~self.straddles(addr, length)
         if is_swiotlb_force_bounce(dev):
             ok[:] = False
-        out = dma.copy()
         done: list[int] = []
         for i in np.flatnonzero(~ok).tolist():
             try:
@@ -265,11 +284,74 @@ class XenSwiotlbOps(DmaMapOps):
             done.append(i)
         return out, length.copy(), SgCookie(bounced=~ok)
 
+    def _pool_capable(self, dev: Any, pool: Any) -> bool:
+        """Every bounce ``pool`` can hold passes both capability checks: ``swiotlb_map``'s
+        (``dma_capable(phys_to_dma(tlb))``, identity ``phys_to_dma``) and map_page's re-check
+        of the remapped address, so :func:`swiotlb_map_many` fails where the per-entry
+        ``_bounce_map`` fails, with the same error (the slot search's)."""
+        limit = dma_limit(dev)
+        return (dev.dma_range_map is None and pool.end - 1 <= limit
+                and self._pool_dma(pool)[1] - 1 <= limit)
+
+    def _map_sg_many(self, dev: Any, pool: Any, addr: np.ndarray, length: np.ndarray,
+                     direction: str) -> tuple[np.ndarray, np.ndarray, Any]:
+        """``map_sg`` in windows of entries that grow from 16K: the direct decision of a
+        window, then its bounces through :func:`swiotlb_map_many` (runs at once). A failed
+        bounce gives back every bounce before it through :meth:`IoTlbMem.unmap_many`, in
+        order, and the entries after it are never translated (the per-entry walk stops
+        there too)."""
+        n = len(addr)
+        out = np.empty(n, dtype=np.uint64)
+        ok = np.empty(n, dtype=bool)
+        limit = _U64(dma_limit(dev))
+        force = is_swiotlb_force_bounce(dev)
+        start, lo = _U64(pool.start), _U64(self._pool_dma(pool)[0])
+        tlbs: list[np.ndarray] = []  # the bounces mapped, in order, and their sizes
+        sizes: list[np.ndarray] = []
+        i, w = 0, 1 << 14
+        while i < n:
+            j = min(n, i + w)
+            a, ln = addr[i:j], length[i:j]
+            dma = self.phys_to_dma(a)
+            if force:
+                good = np.zeros(j - i, dtype=bool)
+            else:
+                good = (dma + ln - _U64(1)) <= limit
+                good &= ~self.straddles(a, ln)
+            ok[i:j] = good
+            bounce = np.flatnonzero(~good)
+            if len(bounce):
+                b_len = ln[bounce]
+                tlb, err = swiotlb_map_many(dev, a[bounce], b_len, direction)
+                k = len(tlb)
+                tlbs.append(tlb)
+                sizes.append(b_len[:k])
+                if err is not None:
+                    # xen_swiotlb_unmap_sg(..., DMA_ATTR_SKIP_CPU_SYNC) of those mapped
+                    pool.unmap_many(dev, np.concatenate(tlbs), np.concatenate(sizes),
+                                    direction, skip_cpu_sync=True)
+                    raise DmaMappingError(
+                        "EIO", f"{self.name}: map_sg failed at entry {i + int(bounce[k])}: "
+                               f"{err}") from None
+                # identity phys_to_dma: tlb is the pool address; the pool is remapped whole
+                dma[bounce] = tlb - start + lo
+            out[i:j] = dma
+            i, w = j, min(4 * w, 1 << 18)
+        return out, length.copy(), SgCookie(bounced=~ok)
+
     def unmap_sg(self, dev: Any, dma_addr: np.ndarray, dma_len: np.ndarray, direction: str,
                  cookie: Any) -> None:
         """``xen_swiotlb_unmap_sg``: per entry."""
         check_direction(direction)
         inside = self._in_pool(dev, dma_addr)
+        if self.batch:
+            if not inside.any():
+                return
+            pool = self._pool(dev)
+            lo, _ = self._pool_dma(pool)
+            tlb = np.asarray(dma_addr, dtype=np.uint64)[inside] - _U64(lo) + _U64(pool.start)
+            pool.unmap_many(dev, tlb, np.asarray(dma_len, dtype=np.uint64)[inside], direction)
+            return
         for a, n in zip(np.asarray(dma_addr)[inside].tolist(),
                         np.asarray(dma_len)[inside].tolist(), strict=True):
             self._bounce_unmap(dev, a, n, direction)
