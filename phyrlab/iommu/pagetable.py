@@ -206,6 +206,12 @@ def _end_vs_next(op: np.ufunc, lo: np.ndarray, nbytes: np.ndarray,
 class PageTable:
     """An IOMMU page table of one format (``struct io_pgtable`` / ``struct dmar_domain``)."""
 
+    #: Speed switch (same results either way): leaves of segments smaller than a table are
+    #: planned per IOVA-contiguous stretch and their values summed from per-segment jumps
+    #: (written straight into fresh consecutive tables); False: per (segment, table) chunk,
+    #: the reference.
+    batch_leaves: bool = True
+
     def __init__(self, fmt: str | PageTableFormat = "x86_64"):
         self.fmt = get_format(fmt)
         f = self.fmt
@@ -696,8 +702,13 @@ class PageTable:
                     continue
             sh, b = self._shift[level], self._bits[level]
             E = 1 << b
-            one = int((nbytes if sel is None else nbytes[sel]).max()) == 1 << sh
-            if one:
+            nb_sel = nbytes if sel is None else nbytes[sel]
+            one = int(nb_sel.max()) == 1 << sh
+            # segments smaller than a table on average: chunk per stretch, leaf values built
+            # per leaf at commit (``_leaf_values``), not per (segment, table) chunk
+            many = (not one and self.batch_leaves
+                    and int(nb_sel.sum()) >> sh < E * nb_sel.size)
+            if one or many:
                 st, en = stretches(sel)
             else:
                 st = en = np.arange(nseg) if sel is None else np.flatnonzero(sel)
@@ -713,7 +724,7 @@ class PageTable:
             n = np.minimum(((t + 1) << b) - 1, g1[s]) - gs + 1
             slot0 = gs & (E - 1)
             k0 = leafoff[s] + (gs - g0[s])            # first leaf of each chunk
-            pa0 = None if one else pa[st][s] + ((gs - g0[s]).astype(_U64) << _U64(sh))
+            pa0 = None if one or many else pa[st][s] + ((gs - g0[s]).astype(_U64) << _U64(sh))
             tpos = np.searchsorted(prefixes[level], t)
             tpool = pools[level][tpos]
             have = np.flatnonzero(tpool >= 0)
@@ -726,7 +737,8 @@ class PageTable:
                     at = self._busy_leaf_iova(level, lo[seg], nbytes[seg], prefixes[level],
                                               pools[level])
                     raise ValueError(f"map: IOVA {at:#x} is already mapped ({f.name})")
-            leaf_plan.append((level, sel, tpos, slot0, n, k0, pa0))
+            lay = (leafoff, nleaf, np.cumsum(nt) - nt, st) if many else None
+            leaf_plan.append((level, sel, tpos, slot0, n, k0, pa0, lay))
         return _MapPlan(lo, nbytes, lvl, pa, lv_max, prefixes, pools, parent_pos, new_masks,
                         n_new_total, leaf_plan, int(size.sum()), int(iova[0]))
 
@@ -772,11 +784,20 @@ class PageTable:
                 np.add.at(self._nvalid, pp, 1)
                 s.pte_writes += n
         flat_pte = self._pte.reshape(-1)
-        for level, sel, tpos, slot0, n, k0, pa0 in leaf_plan:
+        for level, sel, tpos, slot0, n, k0, pa0, lay in leaf_plan:
             tpool = pools[level][tpos]
             sz = 1 << self._shift[level]
             E = 1 << self._bits[level]
-            src = None if pa0 is not None else pa if sel is None else pa[sel]
+            if lay is not None:
+                src = self._write_stretches(level, pa, nbytes, sel, lay, tpool, slot0, n)
+                if src is None:                       # written in place
+                    nl = int(n.sum())
+                    s.pte_writes += nl
+                    s.leaves[sz] = s.leaves.get(sz, 0) + nl
+                    s.leaves_mapped[sz] = s.leaves_mapped.get(sz, 0) + nl
+                    continue
+            else:
+                src = None if pa0 is not None else pa if sel is None else pa[sel]
             full = n == E                             # whole tables: write rows at once
             if full.any():
                 rows, kf = tpool[full], k0[full]
@@ -809,6 +830,47 @@ class PageTable:
             s.leaves_mapped[sz] = s.leaves_mapped.get(sz, 0) + nl
         s.mapped_bytes += total
         return total
+
+    def _write_stretches(self, level, pa, nbytes, sel, lay, tpool, slot0, n
+                         ) -> np.ndarray | None:
+        """Leaves of a level planned per IOVA-contiguous stretch (``batch_leaves``).
+
+        When every stretch's tables are consecutive pool rows as wide as the level's tables,
+        its leaves are one slice of the pool: the values are summed straight into it (returns
+        None). Else returns the leaf values (``pa + i * size | present`` per leaf of the
+        level's segments, in IOVA order) for the per-chunk writes.
+        """
+        leafoff, nleaf, c0, st = lay
+        sh = self._shift[level]
+        pa_s = pa if sel is None else pa[sel]
+        nb_s = nbytes if sel is None else nbytes[sel]
+        total = int(leafoff[-1] + nleaf[-1])
+        # first differences of the leaf values: +size inside a segment, a jump between two
+        d = np.full(total, 1 << sh, dtype=_U64)
+        if pa_s.size > 1:
+            cnt = (nb_s >> _U64(sh)).astype(np.int64)
+            at = np.cumsum(cnt[:-1])
+            jump = pa_s[1:] - pa_s[:-1]
+            jump -= nb_s[:-1]
+            jump += _U64(1 << sh)
+            d[at] = jump
+            del cnt, at, jump
+        d[0] = pa_s[0] | PTE_PRESENT
+        W = self._W
+        if W == 1 << self._bits[level] and st.size <= 64:
+            c1 = np.append(c0[1:], tpool.size)
+            rows = [tpool[a:b] for a, b in zip(c0.tolist(), c1.tolist(), strict=True)]
+            if all(int(r[-1]) - int(r[0]) == r.size - 1 and (r.size < 3 or np.all(
+                    np.diff(r) == 1)) for r in rows):
+                d[leafoff] = pa[st] | PTE_PRESENT     # each stretch summed on its own
+                flat_pte = self._pte.reshape(-1)
+                for a, k, nl, r in zip(c0.tolist(), leafoff.tolist(), nleaf.tolist(), rows,
+                                       strict=True):
+                    f0 = int(r[0]) * W + int(slot0[a])
+                    np.cumsum(d[k:k + nl], out=flat_pte[f0:f0 + nl])
+                np.add.at(self._nvalid, tpool, n)
+                return None
+        return np.cumsum(d, out=d)
 
     def _alloc_in_call_order(self, plan: _MapPlan, owner: np.ndarray,
                              fresh_idx: list[np.ndarray | None],
