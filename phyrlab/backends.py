@@ -31,13 +31,16 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
 from . import cost as _cost
 from . import memory
 from .dma import DMA_DIRECT, OPS, Device, dma_map, dma_unmap
 from .dma.mapping import split_for_device
+from .dma.swiotlb import DEFAULT_START, IO_TLB_DEFAULT_SIZE
 from .errors import DmaMappingError
 from .layouts import LAYOUTS
-from .units import DMA_BIT_MASK, SZ_64K, U32_MAX, ULONG_MAX, human_bytes
+from .units import DMA_BIT_MASK, PAGE_SHIFT, SZ_64K, U32_MAX, ULONG_MAX, human_bytes
 from .workloads import Buffer, build
 
 #: Families in plot order, with the label a legend shows.
@@ -192,7 +195,24 @@ def buffer(workload: str, size: int | None = None, placement: str = "high",
     """The seeded buffer of ``workload`` placed at :data:`PLACEMENTS` ``[placement]``."""
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown placement {placement!r}: expected one of {list(PLACEMENTS)}")
-    return build(workload, size, seed=seed, base_pfn=PLACEMENTS[placement])
+    buf = build(workload, size, seed=seed, base_pfn=PLACEMENTS[placement])
+    return skip_swiotlb_pool(buf)
+
+
+def skip_swiotlb_pool(buf: Buffer) -> Buffer:
+    """``buf`` with its pages moved out of the default swiotlb pool's physical range.
+
+    ``swiotlb_init`` takes the pool from memblock at boot, so the page allocator never hands
+    those frames to a buffer; a buffer that starts below the pool and reaches it (low
+    placement, hundreds of MiB) continues above it instead. Buffers above it are unchanged.
+    """
+    first = DEFAULT_START >> PAGE_SHIFT
+    pfns = buf.pfns
+    if not pfns.size or int(pfns.min()) >= first or int(pfns.max()) < first:
+        return buf
+    moved = np.where(pfns >= np.uint64(first), pfns + np.uint64(IO_TLB_DEFAULT_SIZE >> PAGE_SHIFT),
+                     pfns)
+    return Buffer(buf.name, moved, buf.offset, buf.size, buf.page_size)
 
 
 @lru_cache(maxsize=64)

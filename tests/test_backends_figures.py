@@ -235,3 +235,19 @@ def test_site_page_is_offline():
     html = file_html(site_page(), INLINE, title="04")
     assert "cdn.bokeh.org" not in html
     assert "customjs" in html.lower()
+
+
+def test_no_buffer_page_sits_in_the_swiotlb_pool():
+    """The default pool is memblock-reserved at boot: a low buffer large enough to reach it
+    continues above it (no dma_unmap may mistake a buffer page for a bounce slot)."""
+    from phyrlab.dma.swiotlb import DEFAULT_START, IO_TLB_DEFAULT_SIZE
+    from phyrlab.units import PAGE_SHIFT
+
+    lo, hi = DEFAULT_START >> PAGE_SHIFT, (DEFAULT_START + IO_TLB_DEFAULT_SIZE) >> PAGE_SHIFT
+    for size in (1 << 20, 1 << 30, 1 << 32):
+        for placement in bx.PLACEMENTS:
+            pfns = bx.buffer("nvme-4k-random", size, placement).pfns
+            assert not np.any((pfns >= lo) & (pfns < hi)), (size, placement)
+            assert np.unique(pfns).size == pfns.size
+    small = bx.buffer("nvme-4k-random", 1 << 20, "low")
+    assert np.array_equal(small.pfns, bx.build("nvme-4k-random", 1 << 20, base_pfn=0x1000).pfns)
