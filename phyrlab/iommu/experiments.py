@@ -40,6 +40,9 @@ def _ranges(ranges) -> tuple[np.ndarray, np.ndarray]:
 def split_segments(addr: np.ndarray, length: np.ndarray, max_seg: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Cut every range into pieces of at most ``max_seg`` bytes (what the block layer does)."""
+    if (addr.dtype == length.dtype == np.uint64 and addr.size == length.size and length.size
+            and 0 < int(length.min()) and int(length.max()) <= max_seg):
+        return addr.copy(), length.copy()       # one piece per range: nothing to cut
     n = (length + np.uint64(max_seg - 1)) // np.uint64(max_seg)
     idx = np.repeat(np.arange(addr.size), n.astype(np.int64))
     first = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)

@@ -737,7 +737,7 @@ class PageTable:
                     at = self._busy_leaf_iova(level, lo[seg], nbytes[seg], prefixes[level],
                                               pools[level])
                     raise ValueError(f"map: IOVA {at:#x} is already mapped ({f.name})")
-            lay = (leafoff, nleaf, np.cumsum(nt) - nt, st) if many else None
+            lay = (leafoff, nleaf, np.cumsum(nt) - nt, st, en, g0) if many else None
             leaf_plan.append((level, sel, tpos, slot0, n, k0, pa0, lay))
         return _MapPlan(lo, nbytes, lvl, pa, lv_max, prefixes, pools, parent_pos, new_masks,
                         n_new_total, leaf_plan, int(size.sum()), int(iova[0]))
@@ -789,7 +789,7 @@ class PageTable:
             sz = 1 << self._shift[level]
             E = 1 << self._bits[level]
             if lay is not None:
-                src = self._write_stretches(level, pa, nbytes, sel, lay, tpool, slot0, n)
+                src = self._write_stretches(level, lo, pa, nbytes, sel, lay, tpool, slot0, n)
                 if src is None:                       # written in place
                     nl = int(n.sum())
                     s.pte_writes += nl
@@ -831,45 +831,56 @@ class PageTable:
         s.mapped_bytes += total
         return total
 
-    def _write_stretches(self, level, pa, nbytes, sel, lay, tpool, slot0, n
+    def _write_stretches(self, level, lo, pa, nbytes, sel, lay, tpool, slot0, n
                          ) -> np.ndarray | None:
         """Leaves of a level planned per IOVA-contiguous stretch (``batch_leaves``).
 
-        When every stretch's tables are consecutive pool rows as wide as the level's tables,
-        its leaves are one slice of the pool: the values are summed straight into it (returns
-        None). Else returns the leaf values (``pa + i * size | present`` per leaf of the
-        level's segments, in IOVA order) for the per-chunk writes.
+        The leaf values are the running sum of their first differences: ``pa | present`` at a
+        stretch's first leaf, the jump ``pa[j] - (pa[j-1] + nbytes[j-1]) + size`` at segment
+        ``j``'s first leaf, ``size`` elsewhere. When every stretch's tables are consecutive
+        pool rows as wide as the level's tables, the stretch is one slice of the pool: the
+        differences are written there and summed in place (returns None, ``_nvalid``
+        counted). Else returns the values (per leaf of the level's segments, in IOVA order)
+        for the per-chunk writes.
         """
-        leafoff, nleaf, c0, st = lay
+        leafoff, nleaf, c0, st, en, g0 = lay
         sh = self._shift[level]
+        usz = _U64(1 << sh)
         pa_s = pa if sel is None else pa[sel]
         nb_s = nbytes if sel is None else nbytes[sel]
-        total = int(leafoff[-1] + nleaf[-1])
-        # first differences of the leaf values: +size inside a segment, a jump between two
-        d = np.full(total, 1 << sh, dtype=_U64)
-        if pa_s.size > 1:
-            cnt = (nb_s >> _U64(sh)).astype(np.int64)
-            at = np.cumsum(cnt[:-1])
-            jump = pa_s[1:] - pa_s[:-1]
-            jump -= nb_s[:-1]
-            jump += _U64(1 << sh)
-            d[at] = jump
-            del cnt, at, jump
-        d[0] = pa_s[0] | PTE_PRESENT
+        jump = pa_s[1:] - pa_s[:-1]
+        jump -= nb_s[:-1]
+        jump += usz
         W = self._W
         if W == 1 << self._bits[level] and st.size <= 64:
             c1 = np.append(c0[1:], tpool.size)
             rows = [tpool[a:b] for a, b in zip(c0.tolist(), c1.tolist(), strict=True)]
             if all(int(r[-1]) - int(r[0]) == r.size - 1 and (r.size < 3 or np.all(
                     np.diff(r) == 1)) for r in rows):
-                d[leafoff] = pa[st] | PTE_PRESENT     # each stretch summed on its own
                 flat_pte = self._pte.reshape(-1)
-                for a, k, nl, r in zip(c0.tolist(), leafoff.tolist(), nleaf.tolist(), rows,
-                                       strict=True):
-                    f0 = int(r[0]) * W + int(slot0[a])
-                    np.cumsum(d[k:k + nl], out=flat_pte[f0:f0 + nl])
+                f0 = np.array([int(r[0]) * W + int(slot0[a])
+                               for a, r in zip(c0.tolist(), rows, strict=True)], np.int64)
+                lo_s = lo if sel is None else lo[sel]
+                pos = (lo_s[1:] >> _U64(sh)).view(np.int64)   # leaf index of each segment
+                if st.size == 1:
+                    pos += int(f0[0]) - int(g0[0])
+                else:
+                    pos += np.repeat(f0 - g0, en - st + 1)[1:]
+                for f, nl in zip(f0.tolist(), nleaf.tolist(), strict=True):
+                    flat_pte[f:f + nl] = usz
+                flat_pte[pos] = jump
+                del pos, jump
+                flat_pte[f0] = pa[st] | PTE_PRESENT
+                for f, nl in zip(f0.tolist(), nleaf.tolist(), strict=True):
+                    part = flat_pte[f:f + nl]
+                    np.cumsum(part, out=part)
                 np.add.at(self._nvalid, tpool, n)
                 return None
+        d = np.full(int(leafoff[-1] + nleaf[-1]), usz, dtype=_U64)
+        if jump.size:
+            d[np.cumsum((nb_s[:-1] >> _U64(sh)).astype(np.int64))] = jump
+        del jump
+        d[0] = pa_s[0] | PTE_PRESENT
         return np.cumsum(d, out=d)
 
     def _alloc_in_call_order(self, plan: _MapPlan, owner: np.ndarray,
