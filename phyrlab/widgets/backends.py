@@ -1,10 +1,9 @@
 """Panel of notebook 04: one workload through every DMA backend, with device limits.
 
 A new (workload, size, limits, placement) setting maps the buffer through all 25 rows
-(``phyrlab.backends.run_all``, cached per setting): about 0.06 s at 128 KiB and 0.4 s at
-1 MiB with a 32-bit mask (per-entry swiotlb/VDUSE bouncing dominates), 1-2 s at 16 MiB and
-several seconds at 4 GiB (10^6 pages; `benchmarks/notebooks.py` prints the figure).
-Sliders update on release; a setting seen before, or a metric change,
+(``phyrlab.backends.run_all``, cached per setting); every backend maps a list at once, so a
+4 GiB buffer of 4 KiB pages (10^6 entries) takes about 0.2-0.3 s (`benchmarks/notebooks.py`
+prints the figure). Sliders update on release; a setting seen before, or a metric change,
 is a cache hit (under 1 ms).
 """
 
@@ -31,14 +30,14 @@ def backends_panel(workload: str = "nvme-4k-random", size: int = SZ_1M, dma_bits
     controls = {
         "workload": ipw.Dropdown(options=workload_names(), value=workload,
                                  description="workload"),
-        "size": size_slider(size, 16, 28),
+        "size": size_slider(size, 16, 32),
         "dma_bits": ipw.ToggleButtons(options=[("32-bit", 32), ("40-bit", 40), ("64-bit", 64)],
                                       value=dma_bits, description="dma_mask",
                                       style={"button_width": "70px"}),
         "max_seg_size": ipw.Dropdown(options=[(_seg_label(n), n) for n in bx.MAX_SEG_SIZES],
                                      value=max_seg_size, description="max_seg"),
         "placement": ipw.Dropdown(options=[("RAM above 4 GiB", "high"),
-                                           ("RAM below 256 MiB", "low")],
+                                           ("low RAM, from 16 MiB", "low")],
                                   value=placement, description="memory"),
         "metric": ipw.Dropdown(options=[(v, k) for k, v in bx.METRICS.items()], value=metric,
                                description="metric", layout=ipw.Layout(width="420px")),
