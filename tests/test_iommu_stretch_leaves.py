@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from phyrlab import faults
 from phyrlab.errors import DmaMappingError
 from phyrlab.iommu.dma_iommu import IommuDmaDomain, iommu_dma_map_sg, iommu_dma_unmap_sg
+from phyrlab.iommu.experiments import split_segments
 from phyrlab.iommu.pagetable import FORMATS, PageTable
 from phyrlab.units import DMA_BIT_MASK, U64_MAX
 
@@ -235,3 +236,22 @@ def test_stretch_over_old_and_new_tables(fmt, seed):
             res = _outcome(lambda: pt.map_runs(iova, pa, size))
         return res, _pt_state(pt), _fault_state()
     _both(go)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(0, 1 << 40), st.integers(0, 1 << 22)), min_size=1,
+                max_size=30), st.sampled_from([4096, 12288, 1 << 16, 1 << 22, (1 << 32) - 4096]))
+def test_split_segments_is_the_per_range_cut(ranges, max_seg):
+    """Pieces of at most ``max_seg`` per range, in order (a range of 0 bytes gives none);
+    the copies returned when nothing is cut are the inputs' values, not the inputs."""
+    addr = np.array([a for a, _ in ranges], dtype=U)
+    length = np.array([n for _, n in ranges], dtype=U)
+    want_a, want_n = [], []
+    for a, n in ranges:
+        for k in range(0, n, max_seg):
+            want_a.append(a + k)
+            want_n.append(min(max_seg, n - k))
+    got_a, got_n = split_segments(addr, length, max_seg)
+    assert got_a.dtype == got_n.dtype == U
+    assert got_a.tolist() == want_a and got_n.tolist() == want_n
+    assert not np.shares_memory(got_a, addr) and not np.shares_memory(got_n, length)
