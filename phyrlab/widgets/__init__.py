@@ -114,10 +114,10 @@ PANELS: dict[str, tuple[str, dict[str, Any]]] = {
                         {"size": 1 << 32, "mean_run_pages": 1.0}),
     "02-cpu-dma-split": ("phyrlab.widgets.dma_split:split_panel",
                          {"size": 1 << 32, "mean_run_pages": 1.0}),
-    # 1 GiB (262,144 pages) is the slider's top
-    "03-iommu-page-tables": ("phyrlab.widgets.iommu:mapping_panel", {"size": 1 << 30}),
-    "04-mapping-backends": ("phyrlab.widgets.backends:backends_panel",
-                            {"size": 1 << 32, "dma_bits": 64}),
+    # 4 GiB, the slider's top: 10^6 pages of 4 KiB mapped in each of five formats
+    "03-iommu-page-tables": ("phyrlab.widgets.iommu:mapping_panel", {"size": 1 << 32}),
+    # 4 GiB at the panel's default 32-bit mask: swiotlb-backed rows fill their pool and unwind
+    "04-mapping-backends": ("phyrlab.widgets.backends:backends_panel", {"size": 1 << 32}),
     "05-p2p-checks": ("phyrlab.widgets.pci:p2p_panel", {"topology": "dual-socket-haswell"}),
     # 4 GiB, the slider's top: 2^20 separate 4 KiB ranges linked
     "06-two-step-api": ("phyrlab.widgets.twostep:twostep_panel",

@@ -23,7 +23,7 @@ def mapping_panel(workload: str = "rdma-mr-1g-4k", size: int = SZ_64M, fmt: str 
     controls = {
         "workload": ipw.Dropdown(options=workload_names(), value=workload,
                                  description="workload"),
-        "size": size_slider(size, 16, 30),
+        "size": size_slider(size, 16, 32),
         "fmt": ipw.Dropdown(options=list(ix.NOTEBOOK_FORMATS), value=fmt,
                             description="format"),
     }
