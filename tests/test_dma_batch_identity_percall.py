@@ -155,6 +155,54 @@ def test_vduse_fills_identically_at_scale(n):
     assert out[0] == out[1]
 
 
+@SETTINGS
+@given(pages=st.integers(2, 300), density=st.floats(0, 1), seed=st.integers(0, 2**32 - 1),
+       sizes=st.lists(st.integers(1, 40), min_size=1, max_size=6),
+       repeat=st.integers(1, 30), horizon_cut=st.integers(0, 5))
+def test_vduse_plan_iova_equals_alloc_iova_calls(pages, density, seed, sizes, repeat,
+                                                 horizon_cut):
+    """The free-run plan of mixed-size requests on a random bitmap: the pfns (and where the
+    first fails) of the same ``_alloc_iova`` calls, the bitmap left alone."""
+    from phyrlab.dma.vduse import VduseOps
+
+    rng = np.random.default_rng(seed)
+    ops = VduseOps(bounce_size=pages * PAGE_SIZE)
+    ops.iova_used[1:] = rng.random(pages - 1) < density
+    npages = rng.choice(np.array(sizes, np.int64), int(rng.integers(1, 80)))
+    npages = np.repeat(npages, rng.integers(1, repeat + 1, len(npages)))
+    horizon = max(0, len(npages) - horizon_cut)
+    before = ops.iova_used.copy()
+    pfns, e = ops._plan_iova(npages, horizon)
+    assert np.array_equal(ops.iova_used, before)
+    ref = VduseOps(bounce_size=pages * PAGE_SIZE)
+    ref.iova_used[:] = before
+    want = []
+    for m in npages[:horizon].tolist():
+        pfn = ref._alloc_iova(m)
+        if not pfn:
+            break
+        want.append(pfn)
+    assert (e, pfns[:e].tolist()) == (len(want), want)
+
+
+@pytest.mark.parametrize("workload", ["nvme-128k-seq", "rdma-mr-1g-4k"])
+def test_vduse_mixed_sizes_fill_identically(workload):
+    """A workload's multi-page ranges (sizes changing every few entries) fill the 64 MiB
+    domain, fail and unwind the same way; with a few mappings live, and from a domain whose
+    bitmap has holes."""
+    from phyrlab.backends import buffer
+    from phyrlab.layouts import as_ranges
+
+    addr, length = as_ranges(buffer(workload, 1 << 26, "high", 0).layout("phyr"))
+    addr, length = np.asarray(addr, U), np.asarray(length, U)
+    head = (addr[:700:3].copy(), length[:700:3].copy())
+    out = [_drive("vduse_dev_dma_ops", {}, {"dma_mask": DMA_BIT_MASK(64)},
+                  [head, head, (addr, length), head, head, (addr, length)],
+                  ["bidirectional", "to_device"], 2, {}, b, _vduse_state)
+           for b in (True, False)]
+    assert out[0] == out[1]
+
+
 def test_vduse_unmap_phys_many_bad_list_raises_as_per_call():
     """A list holding a mapping twice: the batched unmap stops where the loop stops."""
     dev = Device("vduse_dev_dma_ops", ops_params={"bounce_size": 64 * PAGE_SIZE})

@@ -22,6 +22,7 @@ leaves them stale, harmlessly); bounce pages stay allocated, as in the kernel.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Any
 
 import numpy as np
@@ -139,33 +140,79 @@ class VduseOps(DmaMapOps):
     # -- many calls at once (exactly the per-call sequence) ---------------------------------
     def _plan_iova(self, npages: np.ndarray, horizon: int) -> tuple[np.ndarray, int]:
         """IOVA pfns of consecutive fault-free ``_alloc_iova(npages[i])`` calls, ``i <
-        horizon``, on a copy of the bitmap: ``(pfns, e)`` with ``e`` the first that fails.
+        horizon``, leaving the bitmap alone: ``(pfns, e)`` with ``e`` the first that fails.
 
-        For one size ``m`` the candidates are the multiples of its alignment ``a >= m``, so
-        their windows never overlap: a run of ``r`` equal requests takes the ``r`` highest
-        free candidate windows, in that order, as ``r`` top-down first-fit searches do.
+        Over the free runs of the bitmap (highest first): a request of ``m`` pages (alignment
+        ``a``) takes the highest run ``[s, e)`` whose top candidate ``(e - m) // a * a`` is
+        ``>= s``, and that candidate, as the top-down search does. A run unfit for ``m`` stays
+        unfit as runs only shrink, and is unfit for every larger size too (its alignment is a
+        multiple of ``a``), so each size scans on from where it last stopped (``ptr``). A
+        stretch of ``r`` equal requests takes the run's next ``r`` candidates at once (their
+        windows, ``a`` apart, never overlap); the ``a - m`` pages above each are unfit runs.
         """
-        used = self.iova_used.copy()
-        n = len(used)
-        pfns = np.empty(horizon, dtype=np.int64)
         if horizon == 0:
-            return pfns, 0
-        change = np.flatnonzero(npages[1:horizon] != npages[:horizon - 1]) + 1
-        bounds = [0, *change.tolist(), horizon]
-        for i, j in zip(bounds[:-1], bounds[1:], strict=True):
-            m = int(npages[i])
-            align = 1 << max(0, (m - 1).bit_length())
-            top = (n - m) // align * align
-            if top < 0:
-                return pfns[:i], i
-            cand = np.arange(top, -1, -align)
-            cs = np.concatenate(([0], np.cumsum(used, dtype=np.int32)))
-            hits = cand[(cs[cand + m] - cs[cand]) == 0][:j - i]
-            pfns[i:i + len(hits)] = hits
-            used[(hits[:, None] + np.arange(m)).ravel()] = True
-            if len(hits) < j - i:
-                return pfns[:i + len(hits)], i + len(hits)
-        return pfns, horizon
+            return np.zeros(0, dtype=np.int64), 0
+        used = self.iova_used
+        n = len(used)
+        hz = min(horizon, n - int(np.count_nonzero(used)) + 1)  # each success takes a page
+        d = np.diff(used.view(np.int8), prepend=np.int8(1), append=np.int8(1))
+        negs = (-np.flatnonzero(d == -1)[::-1]).tolist()  # run starts, negated: ascending
+        ends = np.flatnonzero(d == 1)[::-1].tolist()  # run ends, descending
+        change = np.flatnonzero(npages[1:hz] != npages[:hz - 1]) + 1
+        bounds = [0, *change.tolist(), hz]
+        ptr: dict[int, int] = {}  # size -> no run at or above this pfn fits it
+        out: list[int] = []
+        for q, m in enumerate(npages[bounds[:-1]].tolist()):
+            r = bounds[q + 1] - bounds[q]  # equal requests left in this stretch
+            a = 1 << (m - 1).bit_length()
+            idx = bisect_right(negs, -ptr.get(m, n))
+            while r:
+                while idx < len(ends):
+                    e, s = ends[idx], -negs[idx]
+                    c = (e - m) // a * a
+                    if c >= s:
+                        break
+                    idx += 1
+                else:
+                    return np.array(out, dtype=np.int64), len(out)
+                if r == 1 or c - a < s:  # one request here: the run loses [c, c + m)
+                    out.append(c)
+                    r -= 1
+                    ptr[m] = c + m
+                    if c > s:
+                        if e > c + m:
+                            negs[idx] = -(c + m)
+                            negs.insert(idx + 1, -s)
+                            ends.insert(idx + 1, c)
+                            idx += 1
+                        else:
+                            ends[idx] = c
+                    elif e > c + m:
+                        negs[idx] = -(c + m)
+                        idx += 1
+                    else:
+                        del negs[idx], ends[idx]
+                    continue
+                cnt = min(r, (c - s) // a + 1)
+                last = c - (cnt - 1) * a
+                out.extend(range(c, last - 1, -a))
+                r -= cnt
+                ns: list[int] = []
+                ne: list[int] = []
+                if e > c + m:
+                    ns.append(-(c + m))
+                    ne.append(e)
+                if a > m:
+                    ns.extend(range(a - c - m, cnt * a - c - m, a))
+                    ne.extend(range(c, last, -a))
+                if last > s:
+                    ns.append(-s)
+                    ne.append(last)
+                negs[idx:idx + 1] = ns
+                ends[idx:idx + 1] = ne
+                ptr[m] = last + m
+                idx += len(ns) - (last > s)
+        return np.array(out, dtype=np.int64), len(out)
 
     def map_phys_many(self, dev: Any, addr: np.ndarray, length: np.ndarray, direction: str
                       ) -> tuple[np.ndarray, DmaMappingError | None]:
