@@ -48,14 +48,17 @@ Simplified: one static pool (no dynamic pools, no restricted pools); bytes copie
 not moved; the search over candidate slots is vectorised but visits them in the kernel's order
 (in windows that grow from the area's cursor, so it stops near the first fit as the kernel's
 loop does; ``IoTlbMem.batch = False`` tests every candidate first, the reference). Lists
-bounce in runs: :func:`swiotlb_map_many` takes the bounces that land back to back at an area's
-cursor in one step and :meth:`IoTlbMem.unmap_many` gives disjoint ones back in one step,
-recounting ``slots[].list`` from the free slots of the segments touched (what the kernel's
-merging with free neighbours keeps it equal to); with ``batch = False`` both are one call per
-bounce.
+bounce in runs: :func:`swiotlb_map_many` takes in one step the bounces the search places one
+after the other from an area's cursor (back to back, or at the next segment's start when one
+does not fit in what is left of a segment) and :meth:`IoTlbMem.unmap_many` gives disjoint ones
+back in one step, recounting ``slots[].list`` from the free slots of the segments touched
+(what the kernel's merging with free neighbours keeps it equal to); with ``batch = False``
+both are one call per bounce.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_right
 
 import numpy as np
 
@@ -436,11 +439,13 @@ class IoTlbMem:
     def _map_run(self, dev, orig: np.ndarray, size: np.ndarray
                  ) -> tuple[int, int, np.ndarray]:
         """Place the longest prefix of the bounces ``(orig[i], size[i])`` (``swiotlb_map``
-        with ``alloc_align_mask`` 0) that the slot search puts back to back at the cursor of
-        the first area it tries, each in a dma-capable slot; the slots are taken as the
-        single calls take them. Returns ``(placed, m, dma)``: ``m`` bounces qualified, the
-        first ``placed`` were mapped at DMA addresses ``dma``, and the fault point failed the
-        call after them when ``placed < m``."""
+        with ``alloc_align_mask`` 0) that the slot search puts, one after the other, in the
+        area it tries first without wrapping past the area's end: each at the previous one's
+        end, or at the start of the next segment when it does not fit in what is left of
+        the current one (:meth:`_run_slots`), in a dma-capable slot; the slots are taken as
+        the single calls take them. Returns ``(placed, m, dma)``: ``m`` bounces qualified,
+        the first ``placed`` were mapped at DMA addresses ``dma``, and the fault point failed
+        the call after them when ``placed < m``."""
         n_area = self.area_nslabs
         boundary_mask = dev.seg_boundary_mask
         tbl_dma_addr = dev.phys_to_dma(self.start) & boundary_mask
@@ -467,8 +472,19 @@ class IoTlbMem:
         else:
             return 0, 0, orig[:0]
         slot_base = area * n_area
+        # what does not depend on the slot: a size the search takes, room left in the area
+        # (the search's first test), no skipped area with room for it
+        ends = np.cumsum(nsl)
+        ok = (sz >= 1) & (nsl >= 1) & (nsl <= IO_TLB_SEGSIZE)
+        ok &= orig != np.uint64(INVALID_PHYS_ADDR)
+        ok &= (int(self.area_used[area]) + ends <= n_area) & (nsl > skipped)
+        bad = np.flatnonzero(~ok)
+        k = int(bad[0]) if bad.size else len(o)
+        if k == 0:
+            return 0, 0, orig[:0]
+        o, sz, offset, alloc, nsl, ends = o[:k], sz[:k], offset[:k], alloc[:k], nsl[:k], ends[:k]
         if min_align:
-            aam = np.full(len(o), IO_TLB_SIZE - 1, dtype=np.int64)
+            aam = np.full(k, IO_TLB_SIZE - 1, dtype=np.int64)
         else:
             aam = np.where(alloc >= PAGE_SIZE, PAGE_SIZE - 1, 0) | (IO_TLB_SIZE - 1)
         iotlb = min_align & ~aam & _U32
@@ -478,44 +494,89 @@ class IoTlbMem:
         # only the low 32 bits meet the masks below
         base_addr = (tbl_dma_addr + (slot_base << IO_TLB_SHIFT)) & _U32
         cursor = int(self.area_index[area])
-        c = cursor + np.cumsum(nsl) - nsl  # area-relative slot of each, back to back
-        # (past the first bounce that does not qualify, c may be anything: clip to index)
-        slot = slot_base + np.clip(c, 0, n_area - 1)
-        ok = (sz >= 1) & (nsl >= 1) & (nsl <= IO_TLB_SEGSIZE) & (c + nsl <= n_area)
-        ok &= orig != np.uint64(INVALID_PHYS_ADDR)
+        # segment ends are the only lines a bounce may not cross when every boundary of
+        # seg_boundary_mask is a segment end
+        jumps = max_slots % IO_TLB_SEGSIZE == 0 and bshift % IO_TLB_SEGSIZE == 0
+        c, k = self._run_slots(cursor, nsl, ends, n_area, jumps)
+        if k == 0:
+            return 0, 0, orig[:0]
+        nsl, sz, offset, high, target = nsl[:k], sz[:k], offset[:k], high[:k], target[:k]
+        # where each search starts: the cursor the previous bounce left
+        prev_end = np.empty(k, dtype=np.int64)
+        prev_end[0] = cursor
+        prev_end[1:] = c[:-1] + nsl[:-1]
+        slot = slot_base + c
+        ok = c + nsl <= n_area
         ok &= ((base_addr + (c << IO_TLB_SHIFT)) & high) == target
+        # a bounce past its search's start: the slots before it were tested and crossed a
+        # segment end, each a stride on from the last, which reaches the segment's start
+        # only when the stride is the period of the alignment test
+        stride = (np.maximum(aam[:k], iotlb[:k]) >> IO_TLB_SHIFT) + 1
+        ok &= (c == prev_end) | (high == (stride - 1) << IO_TLB_SHIFT)
         ok &= ~iommu_is_span_boundary(slot, nsl, bshift, max_slots)
         ok &= self.list[slot] >= nsl
-        ok &= (int(self.area_used[area]) + np.cumsum(nsl) <= n_area) & (nsl > skipped)
         tlb = (np.uint64(self.start) + (slot.astype(np.uint64) << np.uint64(IO_TLB_SHIFT))
                + offset.astype(np.uint64))
         dma = dev.phys_to_dma_array(tlb)
-        ok &= _capable_array(dev, dma, size)
+        ok &= _capable_array(dev, dma, sz)
         bad = np.flatnonzero(~ok)
-        m = int(bad[0]) if bad.size else len(o)
-        # (c + nsl <= n_area: a run ends where the cursor wraps to 0)
+        m = int(bad[0]) if bad.size else k
         placed = first_failure("swiotlb_slot", m)
         if placed == 0:
             return 0, m, orig[:0]
-        c, nsl, sz, offset = c[:placed], nsl[:placed], sz[:placed], offset[:placed]
-        first = slot_base + int(c[0])
-        last = slot_base + int(c[-1] + nsl[-1])
-        total = last - first
-        rel = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(nsl) - nsl, nsl)
-        # found: (the later ones' relink is a no-op: the slot before each was just taken)
-        self.list[first:last] = 0
-        self.alloc_size[first:last] = np.repeat(sz, nsl) - (rel << IO_TLB_SHIFT)
-        self._relink_before(first, 0)
+        c, nsl, sz, slot = c[:placed], nsl[:placed], sz[:placed], slot[:placed]
+        total = int(ends[placed - 1])
+        first = int(slot[0])
         nxt = int(c[-1] + nsl[-1])
+        rel = np.arange(total, dtype=np.int64) - np.repeat(ends[:placed] - nsl, nsl)
+        # found: (the later ones' relink is a no-op: the slot before each was just taken,
+        # or ends the previous segment)
+        taken = slice(first, slot_base + nxt) if nxt - int(c[0]) == total else (
+            np.repeat(slot, nsl) + rel)
+        self.list[taken] = 0
+        self.alloc_size[taken] = np.repeat(sz, nsl) - (rel << IO_TLB_SHIFT)
+        self._relink_before(first, 0)
         self.area_index[area] = 0 if nxt >= n_area else nxt
         self.area_used[area] += total
         # tbl_map_single: no pad slots (offset < IO_TLB_SIZE), orig_addr per slot, bounce in
-        self.pad_slots[slot_base + c] = 0
-        self.orig_addr[first:last] = (np.repeat(orig[:placed], nsl)
-                                      + (rel.astype(np.uint64) << np.uint64(IO_TLB_SHIFT)))
+        self.pad_slots[slot] = 0
+        self.orig_addr[taken] = (np.repeat(orig[:placed], nsl)
+                                 + (rel.astype(np.uint64) << np.uint64(IO_TLB_SHIFT)))
         self.stats["bounce_slots"] = self.stats.get("bounce_slots", 0) + total
         self.stats["bounce_bytes"] = self.stats.get("bounce_bytes", 0) + int(sz.sum())
         return placed, m, dma[:placed]
+
+    @staticmethod
+    def _run_slots(cursor: int, nsl: np.ndarray, ends: np.ndarray, n_area: int,
+                   jumps: bool) -> tuple[np.ndarray, int]:
+        """Area-relative first slot of the first ``k`` bounces of a run (``nsl[i]`` slots
+        each, ``ends = cumsum(nsl)``, ``1 <= nsl <= IO_TLB_SEGSIZE``) and ``k``: each at the
+        previous one's end (the cursor for the first), or, with ``jumps``, at the start of
+        the next segment when it would cross the current one's end; the run stops where the
+        search would wrap past the area's end. :meth:`_map_run` then checks each slot is the
+        one the search takes (aligned, free, in reach)."""
+        starts = ends - nsl
+        if not jumps:
+            k = int(np.searchsorted(ends, n_area - cursor, side="right"))
+            return cursor + starts[:k], k
+        first, delta = [], []       # the bounces that open a stretch and its offset
+        i, c, k = 0, cursor, len(nsl)
+        ends_l = ends.tolist()
+        while i < k and c < n_area:
+            seg_end = (c // IO_TLB_SEGSIZE + 1) * IO_TLB_SEGSIZE
+            base = ends_l[i - 1] if i else 0
+            # the bounces from i that fit back to back in [c, seg_end)
+            j = bisect_right(ends_l, base + seg_end - c, i)
+            if j > i:
+                first.append(i)
+                delta.append(c - base)
+                i = j
+            c = seg_end
+        if not first:
+            return starts[:0], 0
+        first.append(i)
+        return starts[:i] + np.repeat(np.array(delta, dtype=np.int64),
+                                      np.diff(np.array(first, dtype=np.int64))), i
 
     def unmap_many(self, dev, tlb_addr: np.ndarray, mapping_size: np.ndarray, direction: str,
                    skip_cpu_sync: bool = False) -> int:
@@ -576,22 +637,25 @@ class IoTlbMem:
                 return False  # a warning: per call, in order
             self.stats["bounce_bytes"] = self.stats.get("bounce_bytes", 0) + int(size.sum())
         # swiotlb_release_slots of each: clear the slots, recount the touched segments
-        rel = np.arange(int(nsl.sum()), dtype=np.int64) - np.repeat(np.cumsum(nsl) - nsl, nsl)
-        slots = np.repeat(index, nsl) + rel
-        self.orig_addr[slots] = INVALID_PHYS_ADDR
-        self.alloc_size[slots] = 0
-        self.pad_slots[slots] = 0
-        seg_sorted = index[order] >> 7
-        segs = seg_sorted[np.append(True, seg_sorted[1:] != seg_sorted[:-1])]
-        view = self.list.reshape(-1, IO_TLB_SEGSIZE)
-        free = view[segs] > 0
-        free.reshape(-1)[np.searchsorted(segs, slots >> 7) * IO_TLB_SEGSIZE
-                         + (slots & (IO_TLB_SEGSIZE - 1))] = True
+        # (in the block of whole segments from the first to the last slot given back)
+        lo = (int(index.min()) >> 7) << 7
+        hi = ((int(end.max()) + IO_TLB_SEGSIZE - 1) >> 7) << 7
+        edge = np.zeros(hi - lo + 1, dtype=np.int8)
+        edge[index - lo] = 1
+        edge[end - lo] -= 1      # disjoint: no two starts, no two ends alike
+        back = np.cumsum(edge[:-1], dtype=np.int8).view(bool)
+        self.orig_addr[lo:hi][back] = INVALID_PHYS_ADDR
+        self.alloc_size[lo:hi][back] = 0
+        self.pad_slots[lo:hi][back] = 0
+        seg_back = back.reshape(-1, IO_TLB_SEGSIZE)
+        touched = seg_back.any(axis=1)
+        view = self.list[lo:hi].reshape(-1, IO_TLB_SEGSIZE)
+        free = (view[touched] > 0) | seg_back[touched]
         pos = np.arange(IO_TLB_SEGSIZE, dtype=np.int64)
         # the first used slot at or after each slot (IO_TLB_SEGSIZE if none)
         nxt = np.where(free, IO_TLB_SEGSIZE, pos)[:, ::-1]
         nxt = np.minimum.accumulate(nxt, axis=1)[:, ::-1]
-        view[segs] = np.where(free, nxt - pos, 0)
+        view[touched] = np.where(free, nxt - pos, 0)
         np.subtract.at(self.area_used, index // self.area_nslabs, nsl)
         return True
 
@@ -704,10 +768,11 @@ def swiotlb_map_many(dev, paddr: np.ndarray, size: np.ndarray, direction: str
     that fails: the DMA addresses of those mapped, and the error of the one that failed
     (None when all were mapped).
 
-    With ``IoTlbMem.batch``, runs of bounces the slot search places back to back at the
-    cursor are taken at once (:meth:`IoTlbMem._map_run`: same slots, cursor, counters and
-    fault-point calls as the single calls); every other bounce, and all of them with
-    ``batch = False``, is one :func:`swiotlb_map`.
+    With ``IoTlbMem.batch``, runs of bounces the slot search places one after the other
+    from the cursor (back to back, or at the next segment's start) are taken at once
+    (:meth:`IoTlbMem._map_run`: same slots, cursor, counters and fault-point calls as the
+    single calls); every other bounce, and all of them with ``batch = False``, is one
+    :func:`swiotlb_map` (after a short run, a few of them before the next try).
     """
     paddr = np.asarray(paddr, dtype=np.uint64)
     size = np.asarray(size, dtype=np.uint64)
@@ -728,11 +793,11 @@ def swiotlb_map_many(dev, paddr: np.ndarray, size: np.ndarray, direction: str
                     "ENOMEM", f"{dev.name}: swiotlb buffer is full (sz: {int(size[i])} bytes), "
                               f"total {mem.nslabs} (slots), used {mem.used} (slots)")
             w = min(4 * w, 1 << 16) if placed == n else 64
-            if placed:
+            if placed == n or placed >= 16:
                 backoff = 1
-                continue
-            # the search goes elsewhere: a few single calls before the next try
-            single_until, backoff = i + backoff, min(2 * backoff, 64)
+            else:  # the search goes elsewhere: a few single calls before the next try
+                single_until, backoff = i + backoff, min(2 * backoff, 64)
+            continue
         try:
             out[i] = swiotlb_map(dev, int(paddr[i]), int(size[i]), direction)
         except DmaMappingError as exc:
