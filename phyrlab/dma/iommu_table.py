@@ -79,6 +79,7 @@ still does.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -93,7 +94,7 @@ from phyrlab.dma.ops import (
     sg_arrays,
 )
 from phyrlab.errors import DmaMappingError
-from phyrlab.faults import first_failure, should_fail
+from phyrlab.faults import first_failure, next_failure, should_fail
 from phyrlab.units import U64_MAX
 
 #: ``VIO_CMO_MIN_ENT`` (arch/powerpc/include/asm/vio.h): a CMO device's minimum entitlement.
@@ -291,6 +292,108 @@ class IommuTable:
             self.low_free = min(self.low_free, int(slots.min()))
 
 
+class _FreeRuns:
+    """:meth:`IommuTable.area_alloc` for a run of allocations with nothing freed between
+    them (one batched ``map_sg``): the same answers, found in a sorted list of the table's
+    free runs, and the same writes (``map``, ``low_free``).
+
+    Within such a run the table only fills, so where a search for ``(nr, top, align)``
+    found nothing stays empty: each such stretch of start positions is remembered and
+    jumped over, so a first-fit allocator does not rescan the holes below its answers.
+    ``shift`` and ``boundary_size`` are those of the run's device (asserted per call).
+    """
+
+    def __init__(self, table: IommuTable, shift: int, boundary_size: int,
+                 known: dict[tuple[int, int, int], tuple[list[int], list[int]]] | None = None):
+        self.table = table
+        self.shift = shift
+        self.boundary = boundary_size
+        free = np.zeros(table.size + 2, dtype=bool)
+        free[1:-1] = ~table.map
+        edges = np.flatnonzero(free[1:] != free[:-1])
+        self.starts: list[int] = edges[0::2].tolist()
+        self.ends: list[int] = edges[1::2].tolist()
+        #: per (nr, top, align_mask): sorted disjoint [lo, hi) of starts with no fit
+        self.known = {} if known is None else known
+
+    def area_alloc(self, start: int, nr: int, limit: int | None = None, shift: int = 0,
+                   boundary_size: int = 0, align_mask: int = 0) -> int:
+        """:meth:`IommuTable.area_alloc`, same signature and result."""
+        assert shift == self.shift and boundary_size == self.boundary
+        t = self.table
+        size = t.size if limit is None else min(limit, t.size)
+        return self.alloc(start, nr, size if t.last_entry_usable else size - 1, align_mask)
+
+    def alloc(self, start: int, nr: int, top: int, align_mask: int) -> int:
+        """:meth:`area_alloc` with the end bound ``top`` (the last entry excluded or not)."""
+        if nr <= 0 or start + nr > top:
+            return -1
+        key = (nr, top, align_mask)
+        known = self.known.get(key)
+        if known is None:
+            known = self.known[key] = ([], [])
+        los, his = known
+        q = start
+        j = bisect_right(los, q) - 1
+        if j >= 0 and his[j] >= q:
+            q = his[j]
+        idx = self._search(q, nr, top, align_mask)
+        hi = idx if idx >= 0 else top
+        if hi > start:  # remember: no fit starts in [start, hi)
+            j0 = bisect_left(his, start)
+            j1 = bisect_right(los, hi)
+            lo = min(start, los[j0]) if j0 < j1 else start
+            hi = max(hi, his[j1 - 1]) if j0 < j1 else hi
+            los[j0:j1] = [lo]
+            his[j0:j1] = [hi]
+        if idx >= 0:
+            self.take(idx, nr)
+        return idx
+
+    def _search(self, q: int, nr: int, top: int, align: int) -> int:
+        """The first index >= ``q`` that is aligned, has ``nr`` free entries, ends at or
+        before ``top`` and crosses no boundary; -1 if none."""
+        bs, shift = self.boundary, self.shift
+        if q + nr > top or (bs and nr > bs):
+            return -1
+        starts, ends = self.starts, self.ends
+        i = bisect_right(starts, q) - 1
+        if i < 0 or ends[i] <= q:
+            i += 1
+        n = len(starts)
+        while i < n:
+            s = max(starts[i], q)
+            if s + nr > top:
+                return -1
+            e = min(ends[i], top)
+            p = (s + align) & ~align
+            while p + nr <= e:
+                if not bs:
+                    return p
+                r = (shift + p) & (bs - 1)
+                if r + nr <= bs:
+                    return p
+                p = (p + bs - r + align) & ~align  # the next boundary, aligned
+            i += 1
+        return -1
+
+    def take(self, idx: int, nr: int) -> None:
+        """Mark ``[idx, idx + nr)`` used (it is free): the table as ``IommuTable._take``."""
+        self.table._take(idx, nr)
+        self.cut(idx, idx + nr)
+
+    def cut(self, idx: int, end: int) -> None:
+        """Drop ``[idx, end)`` (free, and already marked used in the table) from the runs."""
+        nr = end - idx
+        i = bisect_right(self.starts, idx) - 1
+        s, e = self.starts[i], self.ends[i]
+        assert s <= idx and idx + nr <= e
+        new_s = ([s] if s < idx else []) + ([idx + nr] if idx + nr < e else [])
+        new_e = ([idx] if s < idx else []) + ([e] if idx + nr < e else [])
+        self.starts[i:i + 1] = new_s
+        self.ends[i:i + 1] = new_e
+
+
 def _coalesce(addr: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Join physically adjacent neighbours (alpha's ``-1`` followers share pages)."""
     if len(addr) < 2:
@@ -404,7 +507,8 @@ class TableOps(DmaMapOps):
         return off
 
     def _alloc_index(self, dev: Any, npages: int, handle: int | None) -> int:
-        p, t = self.p, self.table
+        p = self.p
+        area = self.table.area_alloc
         limit = self._limit(dev)
         boundary = self._boundary(dev)
         shift = p.dma_base >> p.io_page_shift
@@ -412,13 +516,13 @@ class TableOps(DmaMapOps):
         if p.alloc == "first_fit":
             order = max(0, int(npages - 1).bit_length()) if p.align_order_max else 0
             align = (1 << min(order, p.align_order_max)) - 1 if p.align_order_max else 0
-            return t.area_alloc(0, npages, limit, shift, boundary, align)
+            return area(0, npages, limit, shift, boundary, align)
         if p.alloc == "ppc_pools":
             return self._ppc_alloc(npages, limit, shift, boundary, handle)
-        off = t.area_alloc(self.next_bit, npages, limit, shift, boundary)
+        off = area(self.next_bit, npages, limit, shift, boundary)
         if off < 0:
             self._wrap()
-            off = t.area_alloc(0, npages, limit, shift, boundary)
+            off = area(0, npages, limit, shift, boundary)
         if off >= 0:
             self.next_bit = off + npages
             if self.next_bit >= p.entries:
@@ -441,6 +545,7 @@ class TableOps(DmaMapOps):
     def _ppc_alloc(self, npages: int, limit: int, shift: int, boundary: int,
                    handle: int | None) -> int:
         small, large = self.pools
+        area = self.table.area_alloc
         pool = large if npages > 15 else small
         tries = [(pool, True), (pool, False), (small, False), (large, False)]
         for pl, use_hint in tries:
@@ -451,7 +556,7 @@ class TableOps(DmaMapOps):
                 start = pl.start
             if start >= pl.end:
                 start = pl.start
-            n = self.table.area_alloc(start, npages, min(pl.end, limit), shift, boundary)
+            n = area(start, npages, min(pl.end, limit), shift, boundary)
             if n >= 0:
                 end = n + npages
                 bs = self.p.blocksize
@@ -469,7 +574,9 @@ class TableOps(DmaMapOps):
 
         With :attr:`batch`, runs of allocations that the kernel's search would place back to
         back (each at the hint, in free space, crossing no boundary, unaligned) are decided
-        at once; every other allocation takes the per-entry path. Counters, hints, flushes
+        at once (:meth:`_alloc_run`), tried first and again after a streak of allocations
+        that landed where such a run starts; every other allocation takes the per-entry
+        path with :class:`_FreeRuns` as its ``iommu_area_alloc``. Counters, hints, flushes
         and fault-injection calls are those of the per-entry loop. ``handles``: each
         allocation after the first gets the previous one's end as its ``handle`` (powerpc's
         ``iommu_range_alloc`` hint in ``ppc_iommu_map_sg``).
@@ -477,26 +584,130 @@ class TableOps(DmaMapOps):
         pages = np.asarray(pages, dtype=np.int64)
         k = len(pages)
         out = np.empty(k, dtype=np.int64)
-        i, w = 0, 64
-        ppc = self.p.alloc == "ppc_pools"
+        if not self.batch:
+            for i in range(k):
+                handle = int(out[i - 1] + pages[i - 1]) if handles and i else 0
+                idx = self._alloc(dev, int(pages[i]), handle if handles else None)
+                if idx < 0:
+                    return out[:i]
+                out[i] = idx
+            return out
+        t, alloc = self.table, self.p.alloc
+        ppc = alloc == "ppc_pools"
+        runs: _FreeRuns | None = None
+        pl = pages.tolist()
+        i, w, need = 0, 64, 32
+        streak = need  # try a run first
         while i < k:
-            handle = int(out[i - 1] + pages[i - 1]) if handles and i else 0
-            if self.batch and (handle or not ppc):
+            handle = int(out[i - 1]) + pl[i - 1] if handles and i else 0
+            if streak >= need and (handles or not ppc):
                 part = pages[i:i + w]
                 m, faulted = self._alloc_run(dev, part, out[i:i + w], handle)
+                if m and runs is not None:
+                    if ppc:  # two streams: find the free runs again (what was learnt holds)
+                        runs = _FreeRuns(t, runs.shift, runs.boundary, runs.known)
+                    else:
+                        runs.cut(int(out[i]), int(out[i + m - 1]) + pl[i + m - 1])
                 i += m
                 if faulted:
                     return out[:i]
                 if m == len(part):
                     w = min(4 * w, 1 << 16)
                     continue
-                w = 64
-            idx = self._alloc(dev, int(pages[i]), handle if handles else None)
-            if idx < 0:
+                w, streak = 64, 0
+                need = 32 if m >= 16 else min(2 * need, 1024)
+            if runs is None:
+                runs = _FreeRuns(t, self.p.dma_base >> self.p.io_page_shift,
+                                 self._boundary(dev))
+            i, failed = self._alloc_each(dev, pl, out, i, handles, runs, need)
+            if failed:
                 return out[:i]
-            out[i] = idx
-            i += 1
+            streak = need
         return out
+
+    def _alloc_each(self, dev: Any, pl: list[int], out: np.ndarray, i: int, handles: bool,
+                    runs: _FreeRuns, need: int) -> tuple[int, bool]:
+        """:meth:`_alloc` of ``pl[i]``, ``pl[i + 1]``... one at a time, written out for speed
+        with ``runs`` as ``iommu_area_alloc`` (the same steps as :meth:`_alloc_index` and
+        :meth:`_ppc_alloc`), until one fails (``(i, True)``: ``i`` placed in all) or
+        ``need`` in a row landed where :meth:`_alloc_run` would start (``(i, False)``).
+        The fault point is asked once per allocation, as :meth:`_alloc` asks it."""
+        p, t = self.p, self.table
+        k = len(pl)
+        limit = self._limit(dev)
+        size = min(limit, t.size)
+        adj = 0 if t.last_entry_usable else 1
+        top = size - adj
+        fault = i + next_failure("iommu_area_alloc", k - i)
+        alloc = runs.alloc
+        mode = p.alloc
+        amax = p.align_order_max
+        small, large = self.pools
+        bs = p.blocksize
+        i0, allocs, streak, failed = i, 0, 0, False
+        prev_end = int(out[i - 1]) + pl[i - 1] if i else -1
+        while i < k:
+            n = pl[i]
+            if i == fault:
+                failed = True
+                break
+            allocs += 1
+            if mode == "first_fit":
+                c = t.low_free
+                align = (1 << min(max(0, (n - 1).bit_length()), amax)) - 1 if amax else 0
+                idx = alloc(0, n, top, align)
+            elif mode == "ppc_pools":
+                handle = prev_end if handles and i else (0 if handles else None)
+                pool = large if n > 15 else small
+                c = handle if handle and pool.start <= handle < pool.end else pool.hint
+                c = max(pool.start if c >= pool.end else c, t.low_free)
+                idx = -1
+                for pt, use_hint in ((pool, True), (pool, False), (small, False),
+                                     (large, False)):
+                    if use_hint:
+                        start = handle if handle and pt.start <= handle < pt.end else pt.hint
+                    else:
+                        pt.hint = start = pt.start
+                    if start >= pt.end:
+                        start = pt.start
+                    idx = alloc(start, n, min(pt.end, size) - adj, 0)
+                    if idx >= 0:
+                        e = idx + n
+                        pt.hint = e if n > 15 else (e + bs - 1) & ~(bs - 1)
+                        break
+            else:
+                c = max(self.next_bit, t.low_free)
+                idx = alloc(self.next_bit, n, top, 0)
+                if idx < 0:
+                    self._wrap()
+                    idx = alloc(0, n, top, 0)
+                if idx >= 0:
+                    self.next_bit = idx + n
+                    if self.next_bit >= p.entries:
+                        self.next_bit = 0
+                        self._wrap()
+            if idx < 0:
+                failed = True
+                break
+            out[i] = idx
+            # a run may follow: this one landed at the hint, or right after the last one
+            streak = streak + 1 if idx == c or idx == prev_end else 0
+            prev_end = idx + n
+            i += 1
+            if streak >= need:
+                break
+        calls = allocs + (i == fault and failed)
+        got = first_failure("iommu_area_alloc", calls)
+        assert got == calls - (i == fault and failed)
+        if allocs:
+            self.count("iova_allocs", allocs)
+        placed = i - i0
+        if placed:
+            if "alloc" in p.flush:
+                self.count("iotlb_flushes", placed)
+            if "map_call" in p.flush:
+                self.need_flush = True
+        return i, failed
 
     def _alloc_run(self, dev: Any, pages: np.ndarray, out: np.ndarray,
                    handle: int = 0) -> tuple[int, bool]:
@@ -507,26 +718,19 @@ class TableOps(DmaMapOps):
         limit = self._limit(dev)
         pool = spill = None
         if p.alloc == "ppc_pools":
-            # one pool for the whole run, entered at the handle (iommu_range_alloc)
-            big = pages > 15
-            same = np.flatnonzero(big != big[0])
-            if len(same):
-                pages = pages[:int(same[0])]
-            pool = self.pools[1] if big[0] else self.pools[0]
-            if pool.start <= handle < pool.end:
-                limit = min(pool.end, limit)
-                c = max(handle, t.low_free)
-            elif not big[0] and self._pool_full(pool, limit):
-                # every try of the small pool fails; the last resort, the large pool
-                # searched from its start, lands on its first free entry
-                spill, pool = pool, self.pools[1]
-                limit = min(pool.end, limit)
-                free = np.flatnonzero(~t.map[pool.start:min(pool.end, t.size)])
-                if not len(free):
-                    return 0, False
-                c = pool.start + int(free[0])
-            else:
+            pool = self.pools[1] if pages[0] > 15 else self.pools[0]
+            if pages[0] > 15 or not self._pool_full(pool, limit):
+                return self._alloc_run_ppc(dev, pages, out, handle, limit)
+            # small entries while every try of the small pool fails (whatever the handle);
+            # the last resort, the large pool searched from its start, lands on its first
+            # free entry
+            pages = pages[:int(np.argmax(np.append(pages, 16) > 15))]
+            spill, pool = pool, self.pools[1]
+            limit = min(pool.end, limit)
+            free = np.flatnonzero(~t.map[pool.start:min(pool.end, t.size)])
+            if not len(free):
                 return 0, False
+            c = pool.start + int(free[0])
         elif p.alloc == "first_fit":
             c = t.low_free
         else:
@@ -580,6 +784,100 @@ class TableOps(DmaMapOps):
             pool.hint = e if pages[0] > 15 else (e + bs - 1) & ~(bs - 1)
             if spill is not None:
                 spill.hint = spill.start  # its failed tries searched it from the start
+        return m, faulted
+
+    def _alloc_run_ppc(self, dev: Any, pages: np.ndarray, out: np.ndarray, handle: int,
+                       limit: int) -> tuple[int, bool]:
+        """:meth:`_alloc_run` for ``ppc_iommu_map_sg``: the list's small and large entries
+        as two streams, each in its own pool and placed where ``iommu_range_alloc`` starts
+        its search. An entry that follows one of its own class starts at the handle (the
+        previous end); one that follows the other class starts at its pool's hint, which
+        the pool's last allocation left at its end (large) or the next ``it_blocksize``
+        block (small). The prefix whose every entry fits at that start (free, below the
+        pool's top, no boundary crossed, its end still inside the pool) is placed."""
+        p, t = self.p, self.table
+        bs = p.blocksize
+        if bs <= 0 or bs & (bs - 1):
+            return 0, False
+        n = len(pages)
+        big = pages > 15
+        starts = np.empty(n, dtype=np.int64)
+        ok = pages > 0
+        boundary = self._boundary(dev)
+        shift = p.dma_base >> p.io_page_shift
+        size = t.size
+        for cls, pool in ((False, self.pools[0]), (True, self.pools[1])):
+            idx = np.flatnonzero(big == cls)
+            if not len(idx):
+                continue
+            pg = pages[idx]
+            if idx[0] == 0:
+                s0 = handle if handle and pool.start <= handle < pool.end else pool.hint
+            else:
+                s0 = pool.hint
+            if s0 >= pool.end:
+                s0 = pool.start
+            if idx[0] == 0:
+                s0 = max(s0, t.low_free)  # the search skips the used entries below
+            # segments: entries of this class that follow one another in the list
+            seg = np.ones(len(idx), dtype=bool)
+            seg[1:] = idx[1:] != idx[:-1] + 1
+            first = np.flatnonzero(seg)
+            cs = np.cumsum(pg) - pg  # pages before each entry in the stream
+            seg_len = np.diff(np.append(cs[first], cs[-1] + pg[-1]))
+            if cls:  # the large hint is the previous end
+                seg_start = s0 + cs[first]
+            else:  # the small hint is rounded up to the next block
+                rounded = (seg_len + bs - 1) & ~(bs - 1)
+                seg_start = np.empty(len(first), dtype=np.int64)
+                seg_start[0] = s0
+                if len(first) > 1:
+                    s1 = (s0 + int(seg_len[0]) + bs - 1) & ~(bs - 1)
+                    seg_start[1:] = s1 + np.cumsum(rounded[1:]) - rounded[1:]
+            counts = np.diff(np.append(first, len(idx)))
+            st = np.repeat(seg_start - cs[first], counts) + cs
+            en = st + pg
+            top = min(pool.end, limit, size)
+            top = top if t.last_entry_usable else top - 1
+            good = (en <= top) & (en < pool.end)
+            good &= ((shift + st) & (boundary - 1)) + pg <= boundary
+            lo, hi = int(st[0]), min(int(en.max()), size)
+            if hi > lo:
+                used = lo + np.flatnonzero(t.map[lo:hi])
+                if len(used):
+                    good &= np.searchsorted(used, st) == np.searchsorted(used, en)
+            starts[idx] = st
+            ok[idx] &= good
+        bad = np.flatnonzero(~ok)
+        m = int(bad[0]) if len(bad) else n
+        j = first_failure("iommu_area_alloc", m)
+        m, faulted = j, j < m
+        if m == 0:
+            return 0, faulted
+        st, pg = starts[:m], pages[:m]
+        en = st + pg
+        rel = np.arange(int(pg.sum()), dtype=np.int64) - np.repeat(np.cumsum(pg) - pg, pg)
+        t.map[np.repeat(st, pg) + rel] = True
+        # low_free follows the allocations that start where it stands, in list order
+        order = np.argsort(st)
+        so, eo = st[order], en[order]
+        hit = np.flatnonzero(so == t.low_free)
+        if len(hit):
+            h = int(hit[0])
+            link = (eo[h:-1] == so[h + 1:]) & (order[h + 1:] > order[h:-1])
+            brk = np.flatnonzero(~link)
+            t.low_free = int(eo[h + int(brk[0])] if len(brk) else eo[-1])
+        self.count("iova_allocs", m)
+        out[:m] = st
+        if "alloc" in p.flush:
+            self.count("iotlb_flushes", m)
+        if "map_call" in p.flush:
+            self.need_flush = True
+        for cls, pool in ((False, self.pools[0]), (True, self.pools[1])):
+            last = np.flatnonzero(big[:m] == cls)
+            if len(last):
+                e = int(en[int(last[-1])])
+                pool.hint = e if cls else (e + bs - 1) & ~(bs - 1)
         return m, faulted
 
     def _pool_full(self, pool: _Pool, limit: int) -> bool:
