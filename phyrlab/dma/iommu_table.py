@@ -362,10 +362,14 @@ class _FreeRuns:
             i += 1
         n = len(starts)
         while i < n:
-            s = max(starts[i], q)
+            s = starts[i]
+            if s < q:
+                s = q
             if s + nr > top:
                 return -1
-            e = min(ends[i], top)
+            e = ends[i]
+            if e > top:
+                e = top
             p = (s + align) & ~align
             while p + nr <= e:
                 if not bs:
@@ -718,19 +722,39 @@ class TableOps(DmaMapOps):
         limit = self._limit(dev)
         pool = spill = None
         if p.alloc == "ppc_pools":
-            pool = self.pools[1] if pages[0] > 15 else self.pools[0]
-            if pages[0] > 15 or not self._pool_full(pool, limit):
+            small, large = self.pools
+            runs = {}
+            for pl in self.pools:
+                size = min(pl.end, limit, t.size)
+                runs[pl.start] = self._free_stretches(
+                    pl.start, size if t.last_entry_usable else size - 1)
+            longest = {k: int((e - s).max(initial=0)) for k, (s, e) in runs.items()}
+            # a full pool: no large entry (16 pages or more) fits in the large pool, or the
+            # small one fits only entries shorter than 16 pages (which the run leaves to
+            # the per-entry path)
+            spill = large if longest[large.start] < 16 else (
+                small if longest[small.start] < 16 else None)
+            if spill is None:
                 return self._alloc_run_ppc(dev, pages, out, handle, limit)
-            # small entries while every try of the small pool fails (whatever the handle);
-            # the last resort, the large pool searched from its start, lands on its first
-            # free entry
-            pages = pages[:int(np.argmax(np.append(pages, 16) > 15))]
-            spill, pool = pool, self.pools[1]
+            # every try in the full pool fails (whatever the handle), so its class ends in
+            # the other pool searched from its start, and the other class starts at the
+            # handle: back to back in the other pool while no free stretch below the first
+            # holds one of the searching entries
+            pool = large if spill is small else small
+            searching = (pages <= 15) if spill is small else (pages > 15)
+            fits_full = searching & (pages <= longest[spill.start])
             limit = min(pool.end, limit)
-            free = np.flatnonzero(~t.map[pool.start:min(pool.end, t.size)])
-            if not len(free):
-                return 0, False
-            c = pool.start + int(free[0])
+            run_s, run_e = runs[pool.start]
+            if searching[0]:
+                fits = np.flatnonzero(run_e - run_s >= pages[0])
+                if not len(fits):
+                    return 0, False
+                c = int(run_s[fits[0]])
+            else:
+                c = handle if handle and pool.start <= handle < pool.end else pool.hint
+                c = max(pool.start if c >= pool.end else c, t.low_free)
+            below = np.minimum(run_e, c) - run_s
+            gap = int(below.max(initial=0))
         elif p.alloc == "first_fit":
             c = t.low_free
         else:
@@ -745,6 +769,8 @@ class TableOps(DmaMapOps):
         used = np.flatnonzero(t.map[c:hi])
         room = c + int(used[0]) if len(used) else hi
         ok = (ends <= room) & (pages > 0)
+        if pool is not None:  # the next handle stays in the pool; a search finds nothing below
+            ok &= (ends < pool.end) & (~searching | (pages > gap)) & ~fits_full
         boundary = self._boundary(dev)
         shift = p.dma_base >> p.io_page_shift
         ok &= ((shift + starts) & (boundary - 1)) + pages <= boundary
@@ -779,11 +805,11 @@ class TableOps(DmaMapOps):
             if self.next_bit >= p.entries:
                 self.next_bit = 0
                 self._wrap()
-        elif pool is not None:
+        elif pool is not None and spill is not None:
             bs = p.blocksize
-            pool.hint = e if pages[0] > 15 else (e + bs - 1) & ~(bs - 1)
-            if spill is not None:
-                spill.hint = spill.start  # its failed tries searched it from the start
+            pool.hint = e if pages[m - 1] > 15 else (e + bs - 1) & ~(bs - 1)
+            if searching[:m].any():
+                spill.hint = spill.start  # the failed tries searched it from the start
         return m, faulted
 
     def _alloc_run_ppc(self, dev: Any, pages: np.ndarray, out: np.ndarray, handle: int,
@@ -880,13 +906,12 @@ class TableOps(DmaMapOps):
                 pool.hint = e if cls else (e + bs - 1) & ~(bs - 1)
         return m, faulted
 
-    def _pool_full(self, pool: _Pool, limit: int) -> bool:
-        """No entry of ``pool`` that ``iommu_area_alloc`` may hand out is free, so every
-        search of it fails, whatever its start and size."""
-        t = self.table
-        size = min(pool.end, limit, t.size)
-        top = size if t.last_entry_usable else size - 1
-        return pool.start >= top or bool(t.map[pool.start:top].all())
+    def _free_stretches(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Starts and ends of the runs of free entries in ``[lo, hi)``."""
+        free = np.zeros(max(hi - lo, 0) + 2, dtype=bool)
+        free[1:-1] = ~self.table.map[lo:max(hi, lo)]
+        edges = np.flatnonzero(free[1:] != free[:-1]) + lo
+        return edges[0::2], edges[1::2]
 
     def _free_seq(self, index: np.ndarray, npages: np.ndarray) -> None:
         """``_free`` of each ``(index[i], npages[i])`` in order (the unwind of a map)."""
