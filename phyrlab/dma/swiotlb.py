@@ -494,10 +494,7 @@ class IoTlbMem:
         # only the low 32 bits meet the masks below
         base_addr = (tbl_dma_addr + (slot_base << IO_TLB_SHIFT)) & _U32
         cursor = int(self.area_index[area])
-        # segment ends are the only lines a bounce may not cross when every boundary of
-        # seg_boundary_mask is a segment end
-        jumps = max_slots % IO_TLB_SEGSIZE == 0 and bshift % IO_TLB_SEGSIZE == 0
-        c, k = self._run_slots(cursor, nsl, ends, n_area, jumps)
+        c, k = self._run_slots(cursor, nsl, ends, n_area)
         if k == 0:
             return 0, 0, orig[:0]
         nsl, sz, offset, high, target = nsl[:k], sz[:k], offset[:k], high[:k], target[:k]
@@ -547,18 +544,17 @@ class IoTlbMem:
         return placed, m, dma[:placed]
 
     @staticmethod
-    def _run_slots(cursor: int, nsl: np.ndarray, ends: np.ndarray, n_area: int,
-                   jumps: bool) -> tuple[np.ndarray, int]:
+    def _run_slots(cursor: int, nsl: np.ndarray, ends: np.ndarray, n_area: int
+                   ) -> tuple[np.ndarray, int]:
         """Area-relative first slot of the first ``k`` bounces of a run (``nsl[i]`` slots
         each, ``ends = cumsum(nsl)``, ``1 <= nsl <= IO_TLB_SEGSIZE``) and ``k``: each at the
-        previous one's end (the cursor for the first), or, with ``jumps``, at the start of
-        the next segment when it would cross the current one's end; the run stops where the
-        search would wrap past the area's end. :meth:`_map_run` then checks each slot is the
-        one the search takes (aligned, free, in reach)."""
+        previous one's end (the cursor for the first), or at the start of the next segment
+        when it would cross the current one's end (every slot the search tests before that
+        has less room than it needs: ``slots[].list`` never counts past a segment end); the
+        run stops where the search would wrap past the area's end. :meth:`_map_run` then
+        checks each slot is the one the search takes (aligned, free, within the boundary, in
+        reach, and reached by the search's strides)."""
         starts = ends - nsl
-        if not jumps:
-            k = int(np.searchsorted(ends, n_area - cursor, side="right"))
-            return cursor + starts[:k], k
         first, delta = [], []       # the bounces that open a stretch and its offset
         i, c, k = 0, cursor, len(nsl)
         ends_l = ends.tolist()
