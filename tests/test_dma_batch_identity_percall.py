@@ -308,6 +308,48 @@ def test_s390_segment_cut_equals_walk(n, maxseg, seed, uniform):
         _segment_starts_loop(off, ln, maxseg).tolist()
 
 
+@SETTINGS
+@given(n=st.integers(1, 400), maxseg=st.sampled_from([1, 4096, 10000, 65536, 1 << 20]),
+       seed=st.integers(0, 2**32 - 1), offsets=st.sampled_from([0, 0.005, 0.1]),
+       zeros=st.sampled_from([0, 0.05]), pages=st.sampled_from([2, 20, 300]),
+       piece=st.sampled_from([1, 2, 64]), rounds=st.sampled_from([0, 1, 2, 24]))
+def test_s390_segment_cut_mixed_sizes_equals_walk(n, maxseg, seed, offsets, zeros, pages,
+                                                  piece, rounds):
+    """Stretches of page multiples whose sizes keep changing (the greedy max_seg cut walked
+    piece by piece, entries corrected in rounds, the walk past the last round) and the odd
+    offset, unaligned end or empty entry: the same starts as the entry walk."""
+    from phyrlab.dma import s390
+
+    rng = np.random.default_rng(seed)
+    off = np.where(rng.random(n) < offsets, rng.integers(1, PAGE_SIZE, n), 0).astype(np.int64)
+    ln = rng.integers(1, pages, n).astype(np.int64) * PAGE_SIZE
+    ln[rng.random(n) < offsets] -= 100
+    ln[rng.random(n) < zeros] = 0
+    saved = s390._PIECE, s390._ROUNDS
+    s390._PIECE, s390._ROUNDS = piece, rounds
+    try:
+        got = s390._segment_starts(off, ln, maxseg)
+    finally:
+        s390._PIECE, s390._ROUNDS = saved
+    assert got.tolist() == s390._segment_starts_loop(off, ln, maxseg).tolist()
+
+
+@pytest.mark.parametrize("workload", ["nvme-128k-seq", "rdma-mr-1g-4k"])
+def test_s390_mixed_sizes_fill_identically(workload):
+    """A workload's multi-page ranges fill a 64 MiB aperture, fail and unwind the same way."""
+    from phyrlab.backends import buffer
+    from phyrlab.layouts import as_ranges
+
+    addr, length = as_ranges(buffer(workload, 1 << 28, "high", 0).layout("phyr"))
+    addr, length = np.asarray(addr, U), np.asarray(length, U)
+    head = (addr[:3000:2].copy(), length[:3000:2].copy())
+    out = [_drive("s390_pci_dma_ops", {"iommu_size": 1 << 26},
+                  {"dma_mask": DMA_BIT_MASK(64), "max_seg_size": 65536},
+                  [head, (addr, length), head, head, (addr, length)], ["bidirectional"], 2,
+                  {}, b, _s390_state) for b in (True, False)]
+    assert out[0] == out[1]
+
+
 @pytest.mark.parametrize("max_seg", [65536, 1 << 20])
 def test_s390_fills_identically_at_scale(max_seg):
     rng = np.random.default_rng(11)

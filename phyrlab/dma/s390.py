@@ -440,10 +440,105 @@ def _segment_starts(off: np.ndarray, ln: np.ndarray, maxseg: int) -> np.ndarray:
         rep = np.repeat(np.arange(len(su)), nseg)
         kk = np.arange(len(rep)) - np.repeat(np.cumsum(nseg) - nseg, nseg)
         out.append(su[rep] + np.where(kk == 0, 0, c0[rep] + (kk - 1) * c[rep]))
-    for q in np.flatnonzero(mixed).tolist():
-        a, b = int(s[q]), int(e[q])
-        out.append(a + _segment_starts_loop(off[a:b], ln[a:b], maxseg))
+    mix = np.flatnonzero(mixed)
+    if len(mix):
+        out.append(_greedy_starts(off, ln, maxseg, s[mix], e[mix]))
     return np.sort(np.concatenate(out)) if len(out) > 1 else out[0]
+
+
+#: Greedy segments a piece of a stretch spans at most (its bytes are ``_PIECE * max_seg``).
+_PIECE = 64
+#: Rounds of entry corrections before the stretches still unsettled take the walk.
+_ROUNDS = 24
+
+
+def _greedy_starts(off: np.ndarray, ln: np.ndarray, maxseg: int, ms: np.ndarray,
+                   me: np.ndarray) -> np.ndarray:
+    """The max_seg cut of the stretches ``[ms[q], me[q])`` (a segment starts at each
+    stretch's first entry; within one, entry ``t`` starts a new segment when the running size
+    plus ``ln[t]`` passes max_seg): the segment starts, ascending.
+
+    A segment from ``i`` ends before the first ``t > i`` with ``off[i] + P[t + 1] - P[i] >
+    max_seg`` (``P`` the prefix sums of ``ln``): ``f(i)``, found by one ``searchsorted``, is
+    non-decreasing in ``i``. Each stretch is cut into pieces of about ``_PIECE * max_seg``
+    bytes, and every piece walks ``f`` from its own first entry, all pieces in lockstep. A
+    piece's true entry is where its predecessor's walk leaves it; where that differs, the
+    piece walks again from there until it meets a start its old walk visited (from there the
+    two walks are one) or leaves the piece, and its successor is corrected in the next round.
+    A stretch's first piece is exact, so every round settles at least one more piece; after
+    ``_ROUNDS`` rounds the stretches still unsettled take :func:`_segment_starts_loop`.
+    """
+    n = len(off)
+    p = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(ln, out=p[1:])
+    width = _PIECE * max(int(maxseg), 1)
+    npc = np.clip(1 + (p[me] - p[ms] - 1) // width, 1, me - ms)  # pieces per stretch
+    sid = np.repeat(np.arange(len(ms)), npc)
+    k = np.arange(len(sid)) - np.repeat(np.cumsum(npc) - npc, npc)
+    ps = np.where(k == 0, ms[sid], np.searchsorted(p, p[ms[sid]] + k * width, side="left"))
+    ps = np.minimum(ps, me[sid])
+    keep = np.ones(len(ps), dtype=bool)
+    keep[1:] = (ps[1:] != ps[:-1]) & (ps[1:] < me[sid[1:]]) | (k[1:] == 0)
+    ps, sid = ps[keep], sid[keep]
+    first = np.ones(len(ps), dtype=bool)  # a stretch's first piece: its entry is exact
+    first[1:] = sid[1:] != sid[:-1]
+    pe = np.where(np.append(first[1:], True), me[sid], np.append(ps[1:], 0))
+    is_start = np.zeros(n, dtype=bool)
+
+    def walk(chain: np.ndarray, cur: np.ndarray, merge: bool
+             ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Walk ``f`` from ``cur`` for each piece in ``chain``: marks the starts visited;
+        returns each piece's stop (the start where it met its old walk, or where it left
+        the piece), whether it left, and the starts it visited."""
+        stop = np.empty(len(ps), dtype=np.int64)
+        left = np.zeros(len(ps), dtype=bool)
+        visited = []
+        while len(chain):
+            out_ = cur >= pe[chain]
+            met = ~out_ & is_start[np.minimum(cur, n - 1)] if merge else np.zeros(
+                len(cur), dtype=bool)
+            done = out_ | met
+            if done.any():
+                stop[chain[done]] = cur[done]
+                left[chain[out_]] = True
+                chain, cur = chain[~done], cur[~done]
+                if not len(chain):
+                    break
+            visited.append(cur)
+            t = np.searchsorted(p, p[cur] - off[cur] + maxseg, side="right") - 1
+            cur = np.minimum(np.maximum(t, cur + 1), me[sid[chain]])
+        return stop, left, visited
+
+    chain = np.arange(len(ps))
+    stop, left, visited = walk(chain, ps, False)
+    for c in visited:
+        is_start[c] = True
+    exit_ = stop.copy()  # where each piece's walk leaves it
+    todo = np.flatnonzero(~first[1:] & (exit_[:-1] != ps[1:])) + 1 if len(ps) > 1 else \
+        np.zeros(0, dtype=np.int64)
+    for _ in range(_ROUNDS):
+        if not len(todo):
+            break
+        stop, left, visited = walk(todo, exit_[todo - 1], True)
+        # forget the old walk up to where the new one met it (or the whole piece)
+        lo, hi = ps[todo], np.where(left[todo], pe[todo], stop[todo])
+        cnt = hi - lo
+        if cnt.sum():
+            rel = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+            is_start[np.repeat(lo, cnt) + rel] = False
+        for c in visited:
+            is_start[c] = True
+        moved = todo[left[todo] & (stop[todo] != exit_[todo])]
+        exit_[moved] = stop[moved]
+        nxt = moved + 1
+        todo = nxt[(nxt < len(ps))]
+        todo = todo[~first[todo]]
+    if len(todo):  # still unsettled: the walk, stretch by stretch
+        for q in np.unique(sid[todo]).tolist():
+            a, b = int(ms[q]), int(me[q])
+            is_start[a:b] = False
+            is_start[a + _segment_starts_loop(off[a:b], ln[a:b], maxseg)] = True
+    return np.flatnonzero(is_start)
 
 
 def _factory(entry: OpsEntry, **params: Any) -> S390Ops:
