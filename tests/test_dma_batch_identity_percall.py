@@ -293,6 +293,37 @@ def test_s390_map_sg_batched_equals_per_run(lists, iommu_pages, start_dma, stric
     assert out[0] == out[1]
 
 
+@settings(SETTINGS, max_examples=60)
+@given(lists=st.lists(range_lists(), min_size=1, max_size=4),
+       iommu_pages=st.sampled_from([16, 64, 300, 4096]), strict=st.booleans(),
+       max_seg=st.sampled_from([4096, 10000, 65536, 1 << 20]),
+       boundary=st.sampled_from([ULONG_MAX, 0xFFFF]), unmap_every=st.integers(0, 2),
+       area=faults_armed, pt=st.lists(st.tuples(st.integers(1, 6), st.integers(1, 3)),
+                                      max_size=1),
+       fault_at=st.integers(0, 3), reach=st.integers(1, 40), pad=st.integers(1, 4))
+def test_s390_map_sg_chunks_equal_per_run(lists, iommu_pages, strict, max_seg, boundary,
+                                          unmap_every, area, pt, fault_at, reach, pad):
+    """The batched map_sg cuts segments a chunk at a time from the aperture's reach; with a
+    reach too short (each chunk continues from the last true segment start) the DMA lists,
+    state, counters and fault calls are still the per-run loop's."""
+    from phyrlab.dma import s390
+
+    params = {"iommu_size": iommu_pages * PAGE_SIZE, "strict": strict}
+    limits = {"dma_mask": DMA_BIT_MASK(64), "max_seg_size": max_seg,
+              "seg_boundary_mask": boundary}
+    armed = dict([("iommu_area_alloc", t) for t in area] + [("pt_alloc", t) for t in pt])
+    saved = s390.S390Ops._first_unreachable, s390._PAD
+    s390.S390Ops._first_unreachable = lambda self, length: min(len(length), reach)
+    s390._PAD = pad
+    try:
+        got = _drive("s390_pci_dma_ops", params, limits, lists, ["bidirectional"],
+                     unmap_every, armed, True, _s390_state, fault_at)
+    finally:
+        s390.S390Ops._first_unreachable, s390._PAD = saved
+    assert got == _drive("s390_pci_dma_ops", params, limits, lists, ["bidirectional"],
+                         unmap_every, armed, False, _s390_state, fault_at)
+
+
 @SETTINGS
 @given(n=st.integers(1, 300), maxseg=st.sampled_from([1, 4096, 10000, 65536, 1 << 20]),
        seed=st.integers(0, 2**32 - 1), uniform=st.floats(0, 1))

@@ -57,8 +57,9 @@ _U64 = np.uint64
 class S390Ops(DmaMapOps):
     """``s390_pci_dma_ops`` over a sparse 3-level table (see the module docstring).
 
-    ``batch`` (default True): ``map_sg`` cuts the segments with array operations and maps
-    the runs that ``dma_alloc_address`` places back to back from ``next_bit`` at once
+    ``batch`` (default True): ``map_sg`` cuts the segments with array operations, only as
+    far as the aperture can reach (:meth:`_map_sg_batch`), and maps the runs that
+    ``dma_alloc_address`` places back to back from ``next_bit`` at once
     (:meth:`_map_runs`), every other run through :meth:`_map_run`; ``unmap_sg`` and the
     unwind clear runs at once. False is the per-run reference. IOVA, tables, PTEs,
     counters, errors and fault-injection calls are the same.
@@ -332,21 +333,82 @@ class S390Ops(DmaMapOps):
         n = len(addr)
         self.count("entries_walked", n)
         maxseg = int(getattr(dev, "max_seg_size", 65536))
+        if self.batch:
+            return self._map_sg_batch(dev, addr, length, maxseg)
         off = (addr & _U64(PAGE_SIZE - 1)).astype(np.int64)
         ln = length.astype(np.int64)
-        first = (_segment_starts(off, ln, maxseg) if self.batch
-                 else _segment_starts_loop(off, ln, maxseg))
+        first = _segment_starts_loop(off, ln, maxseg)
         starts = [*first.tolist(), n]
         pages = ((off + ln + PAGE_SIZE - 1) >> PAGE_SHIFT).astype(np.int64)
         page_addr = addr & ~_U64(PAGE_SIZE - 1)
         seg_len = np.add.reduceat(ln, first)  # bytes from the first entry's offset
         k = len(first)
         dma_out = np.empty(k, dtype=np.uint64)
-        run_pages = np.add.reduceat(pages, first) if self.batch else None
-        run_nent = np.diff(np.append(first, n))
-        j, w = 0, 64
-        while j < k:
-            if self.batch:
+        for j in range(k):
+            a, b = starts[j], starts[j + 1]
+            try:
+                base = self._map_run(dev, page_addr[a:b], pages[a:b])
+            except DmaMappingError:
+                for q in range(j):
+                    self._unmap_run(int(dma_out[q]), int(seg_len[q]))
+                raise
+            dma_out[j] = base + int(off[a])
+        return dma_out, seg_len.astype(np.uint64), SgCookie()
+
+    def _first_unreachable(self, length: np.ndarray) -> int:
+        """An entry index no segment this call maps can start at or after: a segment is
+        tried only when those before it mapped, and they hold at least their bytes in pages
+        of the aperture's free (or lazily freed) entries."""
+        n = len(length)
+        cap = (self.iommu_pages - int(np.count_nonzero(self.bitmap.map & ~self.lazy))
+               ) * PAGE_SIZE
+        probe = 1 << 14
+        while probe < n and int(length[:probe].sum(dtype=np.uint64)) <= cap:
+            probe *= 4
+        if probe >= n:
+            if int(length.sum(dtype=np.uint64)) <= cap:
+                return n
+            probe = n
+        cs = np.cumsum(length[:probe], dtype=np.uint64)
+        return min(n, int(np.searchsorted(cs, _U64(cap), side="right")) + 1)
+
+    def _map_sg_batch(self, dev: Any, addr: np.ndarray, length: np.ndarray, maxseg: int
+                      ) -> tuple[np.ndarray, np.ndarray, Any]:
+        """:meth:`map_sg` with array operations: the segments are cut (:func:`_segment_starts`)
+        only as far as the aperture can map them (the walk is sequential, so a prefix cut from
+        a segment start is the walk's), the runs ``dma_alloc_address`` places back to back
+        mapped at once (:meth:`_map_runs`), every other run through :meth:`_map_run`."""
+        n = len(addr)
+        done_dma: list[np.ndarray] = []
+        done_len: list[np.ndarray] = []
+        lo, target, w = 0, max(1, self._first_unreachable(length)), 64
+        while lo < n:
+            pad = _PAD
+            while True:  # the segment starts in [lo, hi): all true ones, the last cut short
+                hi = min(n, max(target, lo + 1) + pad)
+                off = (addr[lo:hi] & _U64(PAGE_SIZE - 1)).astype(np.int64)
+                ln = length[lo:hi].astype(np.int64)
+                first = _segment_starts(off, ln, maxseg)
+                if hi == n:
+                    stop = hi - lo
+                    break
+                past = np.flatnonzero(first >= max(target, lo + 1) - lo)
+                if len(past):
+                    stop = int(first[past[0]])
+                    first = first[:past[0]]
+                    break
+                pad *= 4
+            off, ln = off[:stop], ln[:stop]
+            starts = [*first.tolist(), stop]
+            pages = ((off + ln + PAGE_SIZE - 1) >> PAGE_SHIFT).astype(np.int64)
+            page_addr = addr[lo:lo + stop] & ~_U64(PAGE_SIZE - 1)
+            seg_len = np.add.reduceat(ln, first)  # bytes from the first entry's offset
+            k = len(first)
+            dma_out = np.empty(k, dtype=np.uint64)
+            run_pages = np.add.reduceat(pages, first)
+            run_nent = np.diff(np.append(first, stop))
+            j = 0
+            while j < k:
                 b = min(k, j + w)
                 base0 = max(self.next_bit, self.bitmap.low_free)
                 got = self._map_runs(dev, page_addr[starts[j]:starts[b]],
@@ -363,20 +425,21 @@ class S390Ops(DmaMapOps):
                 w = 64
                 if j == k:
                     break
-            a, b = starts[j], starts[j + 1]
-            try:
-                base = self._map_run(dev, page_addr[a:b], pages[a:b])
-            except DmaMappingError:
-                if self.batch:
-                    self._unmap_runs(dma_out[:j], seg_len[:j])
-                else:
-                    for q in range(j):
-                        self._unmap_run(int(dma_out[q]), int(seg_len[q]))
-                raise
-            dma_out[j] = base + int(off[a])
-            j += 1
-        len_out = seg_len.astype(np.uint64)
-        return dma_out, len_out, SgCookie()
+                a, b = starts[j], starts[j + 1]
+                try:
+                    base = self._map_run(dev, page_addr[a:b], pages[a:b])
+                except DmaMappingError:
+                    self._unmap_runs(np.concatenate([*done_dma, dma_out[:j]]),
+                                     np.concatenate([*done_len, seg_len[:j]]))
+                    raise
+                dma_out[j] = base + int(off[a])
+                j += 1
+            done_dma.append(dma_out)
+            done_len.append(seg_len.astype(np.uint64))
+            lo, target = lo + stop, n
+        if len(done_dma) == 1:
+            return done_dma[0], done_len[0], SgCookie()
+        return np.concatenate(done_dma), np.concatenate(done_len), SgCookie()
 
     def unmap_sg(self, dev: Any, dma_addr: np.ndarray, dma_len: np.ndarray, direction: str,
                  cookie: Any) -> None:
@@ -446,6 +509,9 @@ def _segment_starts(off: np.ndarray, ln: np.ndarray, maxseg: int) -> np.ndarray:
     return np.sort(np.concatenate(out)) if len(out) > 1 else out[0]
 
 
+#: Entries past the aperture's reach a chunk's segment cut looks at first (times 4 until a
+#: segment start shows past the reach).
+_PAD = 1024
 #: Greedy segments a piece of a stretch spans at most (its bytes are ``_PIECE * max_seg``).
 _PIECE = 64
 #: Rounds of entry corrections before the stretches still unsettled take the walk.
@@ -493,26 +559,26 @@ def _greedy_starts(off: np.ndarray, ln: np.ndarray, maxseg: int, ms: np.ndarray,
         stop = np.empty(len(ps), dtype=np.int64)
         left = np.zeros(len(ps), dtype=bool)
         visited = []
-        while len(chain):
-            out_ = cur >= pe[chain]
-            met = ~out_ & is_start[np.minimum(cur, n - 1)] if merge else np.zeros(
-                len(cur), dtype=bool)
-            done = out_ | met
+        end, last = pe[chain], me[sid[chain]]
+        while True:
+            out_ = cur >= end
+            done = out_ | is_start[np.minimum(cur, n - 1)] if merge else out_
             if done.any():
                 stop[chain[done]] = cur[done]
                 left[chain[out_]] = True
-                chain, cur = chain[~done], cur[~done]
+                keep = ~done
+                chain, cur, end, last = chain[keep], cur[keep], end[keep], last[keep]
                 if not len(chain):
                     break
             visited.append(cur)
             t = np.searchsorted(p, p[cur] - off[cur] + maxseg, side="right") - 1
-            cur = np.minimum(np.maximum(t, cur + 1), me[sid[chain]])
+            cur = np.minimum(np.maximum(t, cur + 1), last)
         return stop, left, visited
 
     chain = np.arange(len(ps))
     stop, left, visited = walk(chain, ps, False)
-    for c in visited:
-        is_start[c] = True
+    if visited:
+        is_start[np.concatenate(visited)] = True
     exit_ = stop.copy()  # where each piece's walk leaves it
     todo = np.flatnonzero(~first[1:] & (exit_[:-1] != ps[1:])) + 1 if len(ps) > 1 else \
         np.zeros(0, dtype=np.int64)
@@ -526,8 +592,8 @@ def _greedy_starts(off: np.ndarray, ln: np.ndarray, maxseg: int, ms: np.ndarray,
         if cnt.sum():
             rel = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
             is_start[np.repeat(lo, cnt) + rel] = False
-        for c in visited:
-            is_start[c] = True
+        if visited:
+            is_start[np.concatenate(visited)] = True
         moved = todo[left[todo] & (stop[todo] != exit_[todo])]
         exit_[moved] = stop[moved]
         nxt = moved + 1
