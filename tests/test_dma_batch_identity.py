@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from phyrlab import faults
 from phyrlab.dma.device import Device
-from phyrlab.dma.iommu_table import IommuTable
+from phyrlab.dma.iommu_table import IommuTable, _FreeRuns
 from phyrlab.dma.ops import OPS
 from phyrlab.dma.swiotlb import IO_TLB_SIZE, IoTlbMem
 from phyrlab.errors import DmaMappingError
@@ -210,6 +210,189 @@ def test_area_alloc_is_first_fit(entries, seed, boundary, align, shift):
         if got >= 0:
             held.append((got, nr))
         assert t.map[:t.low_free].all()
+
+
+@SETTINGS
+@given(entries=st.integers(8, 3000), seed=st.integers(0, 2**32 - 1),
+       boundary=st.sampled_from([1 << 52, 16, 64, 1024]), shift=st.integers(0, 100),
+       last_usable=st.booleans(), first_fit=st.booleans())
+def test_free_runs_answer_as_area_alloc(entries, seed, boundary, shift, last_usable,
+                                        first_fit):
+    """``_FreeRuns`` (free stretches, remembered misses, first-fit floors) against the
+    table's own search, allocation after allocation with nothing freed between (a batched
+    map): same index, same bitmap and ``low_free``."""
+    rng = np.random.default_rng(seed)
+    ref = IommuTable(entries, reserved=(0, int(rng.integers(0, 3))),
+                     last_entry_usable=last_usable)
+    for _ in range(int(rng.integers(0, 60))):  # holes left by earlier maps
+        i0 = int(rng.integers(0, entries))
+        ref.map[i0:i0 + int(rng.integers(1, 9))] = True
+    ref.low_free = 0
+    t = IommuTable(entries, last_entry_usable=last_usable)
+    t.map[:] = ref.map
+    t.low_free, t.reserved = ref.low_free, ref.reserved
+    runs = _FreeRuns(t, shift, boundary)
+    limit = int(rng.integers(entries // 2, entries + 1))
+    top = min(limit, entries) - (0 if last_usable else 1)
+    for _ in range(int(rng.integers(1, 200))):
+        nr = int(rng.choice([1, 1, 2, 3, 5, 8, 11, 16, 17, 40]))
+        if first_fit:  # arm: aligned to the order of the size, from 0
+            align = (1 << min(max(0, (nr - 1).bit_length()), 8)) - 1
+            want = ref.area_alloc(0, nr, limit, shift, boundary, align)
+            got = runs.alloc_first(nr, top, align)
+        else:
+            start = int(rng.integers(0, entries))
+            align = int(rng.choice([0, 0, 1, 3, 15]))
+            want = ref.area_alloc(start, nr, limit, shift, boundary, align)
+            got = runs.area_alloc(start, nr, limit, shift, boundary, align)
+        assert got == want
+        assert t.low_free == ref.low_free
+    assert (t.map == ref.map).all()
+
+
+def _sized_list(rng, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One entry per element of ``pages``, spanning that many I/O pages: page aligned or at
+    an offset, apart from or contiguous with the previous entry."""
+    n = len(pages)
+    addr = np.empty(n, U)
+    length = np.empty(n, U)
+    pos = 0x1_0000_0000
+    for i in range(n):
+        kind = rng.random()
+        if kind < 0.6 or i == 0:  # a new page, maybe at an offset
+            pos = (pos // PAGE_SIZE + int(rng.integers(1, 9))) * PAGE_SIZE
+            if kind < 0.25:
+                pos += int(rng.integers(1, PAGE_SIZE))
+        off = pos % PAGE_SIZE
+        want = int(pages[i])
+        lo = (want - 1) * PAGE_SIZE - off + 1  # the shortest length that spans ``want`` pages
+        hi = want * PAGE_SIZE - off
+        addr[i] = pos
+        length[i] = int(rng.integers(max(lo, 1), hi + 1))
+        pos += int(length[i])
+    return addr, length
+
+
+@pytest.mark.parametrize("name", ["dma_iommu_ops", "vio_dma_mapping_ops", "iommu_ops",
+                                  "iommu_coherent_ops", "sun4v_dma_ops", "alpha_pci_ops",
+                                  "jazz_dma_ops", "gart_dma_ops"])
+@settings(SETTINGS, max_examples=25)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(20, 3000),
+       mix=st.sampled_from(["small", "large", "mixed", "ones"]),
+       entries=st.sampled_from([64, 512, 4096]), limits=device_limits,
+       unmap_every=st.integers(0, 2), fault_nth=st.integers(0, 3000),
+       lists=st.integers(1, 3))
+def test_table_mixed_sizes_batched_equals_per_entry(name, seed, n, mix, entries, limits,
+                                                    unmap_every, fault_nth, lists):
+    """Entries of 1 to 17 I/O pages (NVMe-, GPU-, RDMA-like lists) through tables that the
+    earlier lists left holed: powerpc's two pools filling in either order, arm's aligned
+    first fit among the holes, next-fit wraps; a fault anywhere in the last list."""
+    rng = np.random.default_rng(seed)
+    p = {"small": [0.7, 0.2, 0.1], "large": [0.1, 0.2, 0.7], "mixed": [0.35, 0.3, 0.35],
+         "ones": [0.97, 0.02, 0.01]}[mix]
+    made = []
+    for k in range(lists):
+        m = max(1, n // (2 * k + 1))
+        kind = rng.choice(3, m, p=p)
+        pages = np.where(kind == 0, rng.integers(1, 4, m),
+                         np.where(kind == 1, rng.integers(4, 16, m), rng.integers(16, 18, m)))
+        if mix == "ones":
+            pages = np.where(kind == 0, 1, pages)
+        made.append(_sized_list(rng, pages))
+    params = {"entries": entries}
+    if name == "alpha_pci_ops":
+        params["window"] = (0x4000_0000, 0x4000_0000)
+    batched = _drive_table(name, params, limits, made, unmap_every, fault_nth, True)
+    per_entry = _drive_table(name, params, limits, made, unmap_every, fault_nth, False)
+    assert batched == per_entry
+
+
+@pytest.mark.parametrize("name", ["dma_iommu_ops", "vio_dma_mapping_ops"])
+@settings(SETTINGS, max_examples=150)
+@given(seed=st.integers(0, 2**32 - 1), entries=st.sampled_from([512, 1024]),
+       unmap_every=st.integers(0, 2), fault_nth=st.integers(0, 600))
+def test_ppc_pools_fill_identically(name, seed, entries, unmap_every, fault_nth):
+    """``ppc_iommu_map_sg`` over three lists of 1 to 39 I/O pages in random proportions,
+    some unmapped between: the pools fill in either order, so the batched runs meet a
+    full pool (its class searching the other pool from the start, past holes that may or
+    may not hold it) and a small pool whose holes still fit the shortest entries."""
+    rng = np.random.default_rng(seed)
+    made = []
+    for _ in range(3):
+        m = int(rng.integers(10, 400))
+        kind = rng.choice(3, m, p=rng.dirichlet([1, 1, 1]))
+        pages = np.where(kind == 0, rng.integers(1, 4, m),
+                         np.where(kind == 1, rng.integers(4, 16, m), rng.integers(16, 40, m)))
+        made.append(_sized_list(rng, pages))
+    limits = {"dma_mask": DMA_BIT_MASK(32), "max_seg_size": 1 << 20,
+              "seg_boundary_mask": ULONG_MAX}
+    params = {"entries": entries}
+    if name == "vio_dma_mapping_ops":
+        params["entitlement"] = 1 << 40  # the table, not the entitlement, runs out
+    batched = _drive_table(name, params, limits, made, unmap_every, fault_nth, True)
+    per_entry = _drive_table(name, params, limits, made, unmap_every, fault_nth, False)
+    assert batched == per_entry
+
+
+def _map_on_state(name: str, entries: int, seed: int, pages: np.ndarray, fault_nth: int,
+                  batch: bool) -> list:
+    """One ``map_sg`` of entries of ``pages`` I/O pages on a table put in a random state
+    first: dense with holes of 1 to 40 entries, one pool maybe left with less than 16
+    free in a row, random hints."""
+    faults.reset()
+    dev = Device(name, ops_params={"entries": entries}, dma_mask=DMA_BIT_MASK(32),
+                 max_seg_size=1 << 20)
+    ops = dev.ops
+    ops.batch = batch
+    rng = np.random.default_rng(seed)
+    t = ops.table
+    small, large = ops.pools
+    used = rng.random(entries) < rng.choice([0.0, 0.5, 0.9, 0.99])
+    for _ in range(int(rng.integers(0, 8))):
+        a = int(rng.integers(0, entries))
+        used[a:a + int(rng.integers(1, 41))] = False
+    for pool in ops.pools:
+        if rng.random() < 0.4:  # this pool holds nothing of 16 entries or more
+            used[pool.start:pool.end] = True
+            for _ in range(int(rng.integers(0, 4))):
+                a = int(rng.integers(pool.start, pool.end))
+                used[a:min(a + int(rng.integers(1, 16)), pool.end)] = False
+        pool.hint = int(rng.integers(pool.start, pool.end))
+    used[0] = True  # reserved
+    t.map[:] = used
+    t.low_free = 0
+    addr, length = _sized_list(rng, pages)
+    seen: list = [_table_state(ops)]
+    try:
+        if fault_nth:
+            with faults.inject("iommu_area_alloc", nth=fault_nth):
+                dma, dlen, cookie = ops.map_sg(dev, addr, length, "bidirectional")
+        else:
+            dma, dlen, cookie = ops.map_sg(dev, addr, length, "bidirectional")
+        seen.append(("ok", dma.tobytes(), dlen.tobytes()))
+    except DmaMappingError as exc:
+        seen.append(("err", exc.errno, str(exc)))
+    seen += [_table_state(ops), dict(faults.stats.calls)]
+    return seen
+
+
+@pytest.mark.parametrize("name", ["dma_iommu_ops", "vio_dma_mapping_ops"])
+@settings(SETTINGS, max_examples=120)
+@given(seed=st.integers(0, 2**32 - 1), entries=st.sampled_from([512, 1024]),
+       n=st.integers(1, 600), p=st.sampled_from([(0.6, 0.2, 0.2), (0.2, 0.2, 0.6),
+                                                   (0.34, 0.33, 0.33)]),
+       fault_nth=st.integers(0, 300))
+def test_ppc_runs_on_holed_pools(name, seed, entries, n, p, fault_nth):
+    """``ppc_iommu_map_sg`` on pools already used (holes of every size, a full pool, hints
+    anywhere): a full pool's class searches the other pool from its start and may land in
+    a hole below the handle; a small pool with short holes still takes short entries."""
+    rng = np.random.default_rng(seed ^ 0x5A5A)
+    kind = rng.choice(3, n, p=list(p))
+    pages = np.where(kind == 0, rng.integers(1, 6, n),
+                     np.where(kind == 1, rng.integers(6, 16, n), rng.integers(16, 41, n)))
+    batched = _map_on_state(name, entries, seed, pages, fault_nth, True)
+    per_entry = _map_on_state(name, entries, seed, pages, fault_nth, False)
+    assert batched == per_entry
 
 
 # ------------------------------------------------------------------------------- swiotlb

@@ -315,6 +315,7 @@ class _FreeRuns:
         self.ends: list[int] = edges[1::2].tolist()
         #: per (nr, top, align_mask): sorted disjoint [lo, hi) of starts with no fit
         self.known = {} if known is None else known
+        self.floors: dict[int, list[int]] = {}
 
     def area_alloc(self, start: int, nr: int, limit: int | None = None, shift: int = 0,
                    boundary_size: int = 0, align_mask: int = 0) -> int:
@@ -346,6 +347,28 @@ class _FreeRuns:
             hi = max(hi, his[j1 - 1]) if j0 < j1 else hi
             los[j0:j1] = [lo]
             his[j0:j1] = [hi]
+        if idx >= 0:
+            self.take(idx, nr)
+        return idx
+
+    def alloc_first(self, nr: int, top: int, align_mask: int) -> int:
+        """:meth:`alloc` from 0 for a first-fit allocator whose alignment grows with ``nr``
+        (as a mask: ``align(nr) & align(nr') == align(nr)`` for ``nr <= nr'``). A start
+        that fits nothing of ``nr`` entries then fits nothing longer either, so what one
+        search learnt serves every longer one (``floors[top][nr]``: no fit below it)."""
+        if nr <= 0 or nr > top:
+            return -1
+        fl = self.floors.get(top)
+        if fl is None:
+            fl = self.floors[top] = [0]
+        while len(fl) <= nr:
+            fl.append(fl[-1])
+        idx = self._search(fl[nr], nr, top, align_mask)
+        hi = idx if idx >= 0 else top
+        j = nr
+        while j < len(fl) and fl[j] < hi:
+            fl[j] = hi
+            j += 1
         if idx >= 0:
             self.take(idx, nr)
         return idx
@@ -643,7 +666,7 @@ class TableOps(DmaMapOps):
         adj = 0 if t.last_entry_usable else 1
         top = size - adj
         fault = i + next_failure("iommu_area_alloc", k - i)
-        alloc = runs.alloc
+        alloc, alloc_first = runs.alloc, runs.alloc_first
         mode = p.alloc
         amax = p.align_order_max
         small, large = self.pools
@@ -659,7 +682,7 @@ class TableOps(DmaMapOps):
             if mode == "first_fit":
                 c = t.low_free
                 align = (1 << min(max(0, (n - 1).bit_length()), amax)) - 1 if amax else 0
-                idx = alloc(0, n, top, align)
+                idx = alloc_first(n, top, align)
             elif mode == "ppc_pools":
                 handle = prev_end if handles and i else (0 if handles else None)
                 pool = large if n > 15 else small
@@ -1236,16 +1259,22 @@ class TableOps(DmaMapOps):
             bud = maxseg - (off0[pos] if off0 is not None else 0)
             j = np.searchsorted(cs, cs[pos] + bud, side="right") - 1
             j = np.minimum(np.maximum(j, pos + 1), run_end)
-            nxt = np.zeros(n + 1, dtype=np.int64)
-            nxt[pos] = j
-            nl = nxt.tolist()
-            cut: list[int] = []
-            for a, b in zip(la.tolist(), lb.tolist(), strict=True):
-                p = nl[a]
-                while p < b:  # the greedy cut follows its own chain: one step a chunk
-                    cut.append(p)
-                    p = nl[p]
-            is_first[np.array(cut, dtype=np.int64)] = True
+            # the greedy cut follows its own chain from each run's start (one step a
+            # chunk): mark the chains by pointer doubling, over the positions in local
+            # numbering with one sink (the run's end) after them
+            tot = len(pos)
+            jump = np.searchsorted(pos, j)
+            jump[j >= run_end] = tot
+            jump = np.append(jump, tot)
+            on = np.zeros(tot + 1, dtype=bool)
+            heads = np.searchsorted(pos, la)
+            on[heads] = True
+            while True:  # ``on``: the first 2**t steps of each chain; ``jump``: 2**t steps
+                on[jump[np.flatnonzero(on)]] = True
+                jump = jump[jump]
+                if (jump[heads] == tot).all():
+                    break
+            is_first[pos[on[:tot]]] = True
         first = np.flatnonzero(is_first)
         return first, np.append(first[1:], n), need[first]
 
