@@ -622,11 +622,10 @@ class TableOps(DmaMapOps):
         t, alloc = self.table, self.p.alloc
         ppc = alloc == "ppc_pools"
         runs: _FreeRuns | None = None
-        pl = pages.tolist()
         i, w, need = 0, 64, 32
         streak = need  # try a run first
         while i < k:
-            handle = int(out[i - 1]) + pl[i - 1] if handles and i else 0
+            handle = int(out[i - 1] + pages[i - 1]) if handles and i else 0
             if streak >= need and (handles or not ppc):
                 part = pages[i:i + w]
                 m, faulted = self._alloc_run(dev, part, out[i:i + w], handle)
@@ -634,7 +633,7 @@ class TableOps(DmaMapOps):
                     if ppc:  # two streams: find the free runs again (what was learnt holds)
                         runs = _FreeRuns(t, runs.shift, runs.boundary, runs.known)
                     else:
-                        runs.cut(int(out[i]), int(out[i + m - 1]) + pl[i + m - 1])
+                        runs.cut(int(out[i]), int(out[i + m - 1] + pages[i + m - 1]))
                 i += m
                 if faulted:
                     return out[:i]
@@ -646,21 +645,21 @@ class TableOps(DmaMapOps):
             if runs is None:
                 runs = _FreeRuns(t, self.p.dma_base >> self.p.io_page_shift,
                                  self._boundary(dev))
-            i, failed = self._alloc_each(dev, pl, out, i, handles, runs, need)
+            i, failed = self._alloc_each(dev, pages, out, i, handles, runs, need)
             if failed:
                 return out[:i]
             streak = need
         return out
 
-    def _alloc_each(self, dev: Any, pl: list[int], out: np.ndarray, i: int, handles: bool,
+    def _alloc_each(self, dev: Any, pages: np.ndarray, out: np.ndarray, i: int, handles: bool,
                     runs: _FreeRuns, need: int) -> tuple[int, bool]:
-        """:meth:`_alloc` of ``pl[i]``, ``pl[i + 1]``... one at a time, written out for speed
+        """:meth:`_alloc` of ``pages[i]``, ``pages[i + 1]``... one at a time, written out for speed
         with ``runs`` as ``iommu_area_alloc`` (the same steps as :meth:`_alloc_index` and
         :meth:`_ppc_alloc`), until one fails (``(i, True)``: ``i`` placed in all) or
         ``need`` in a row landed where :meth:`_alloc_run` would start (``(i, False)``).
         The fault point is asked once per allocation, as :meth:`_alloc` asks it."""
         p, t = self.p, self.table
-        k = len(pl)
+        k = len(pages)
         limit = self._limit(dev)
         size = min(limit, t.size)
         adj = 0 if t.last_entry_usable else 1
@@ -672,9 +671,12 @@ class TableOps(DmaMapOps):
         small, large = self.pools
         bs = p.blocksize
         i0, allocs, streak, failed = i, 0, 0, False
-        prev_end = int(out[i - 1]) + pl[i - 1] if i else -1
+        prev_end = int(out[i - 1] + pages[i - 1]) if i else -1
+        block, pl = i, pages[i:i + 256].tolist()  # the sizes, a block at a time
         while i < k:
-            n = pl[i]
+            if i - block >= len(pl):
+                block, pl = i, pages[i:i + 4096].tolist()
+            n = pl[i - block]
             if i == fault:
                 failed = True
                 break
