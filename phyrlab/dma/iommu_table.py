@@ -638,7 +638,7 @@ class TableOps(DmaMapOps):
                 if faulted:
                     return out[:i]
                 if m == len(part):
-                    w = min(4 * w, 1 << 16)
+                    w = min(4 * w, 1 << 14 if ppc else 1 << 16)
                     continue
                 w, streak = 64, 0
                 need = 32 if m >= 16 else min(2 * need, 1024)
