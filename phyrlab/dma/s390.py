@@ -475,7 +475,7 @@ def _segment_starts(off: np.ndarray, ln: np.ndarray, maxseg: int) -> np.ndarray:
     the list into stretches independently of max_seg. Within a stretch the max_seg cut is
     greedy; where every entry after the stretch's first has one length ``L`` it is
     arithmetic (the first segment takes ``(max_seg - size0) // L`` more entries, the others
-    ``max_seg // L``); other stretches take the loop.
+    ``max_seg // L``); other stretches take :func:`_greedy_starts`.
     """
     n = len(off)
     forced = np.ones(n, dtype=bool)
