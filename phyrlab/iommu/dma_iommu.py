@@ -302,24 +302,41 @@ def _finalise_sg(pos: np.ndarray, off: np.ndarray, length: np.ndarray, ilen: np.
         g = np.repeat(np.arange(uni.size), nout)
         out_s.append(starts[uni][g] + q[g] * k)
         out_l.append((np.minimum(q[g], cnt[g] - q[g] * k) * seg_len[g]).astype(_U64))
-    rest_s, rest_l = [], []
-    for a, b in zip(starts[over[lmin != lmax]].tolist(), ends[over[lmin != lmax]].tolist(),
-                    strict=True):
-        cum = np.cumsum(length[a:b], dtype=_U64)
-        k, before = 0, 0
-        while k < b - a:
-            j = int(np.searchsorted(cum, _U64(before + max_len), side="right"))
-            rest_s.append(a + k)
-            rest_l.append(int(cum[j - 1]) - before)
-            before = int(cum[j - 1])
-            k = j
-    out_s.append(np.array(rest_s, dtype=np.int64))
-    out_l.append(np.array(rest_l, dtype=_U64))
+    mixed = over[lmin != lmax]
+    if mixed.size:                   # greedy cut: each DMA segment takes what fits in max_len
+        rest_s, rest_l = _greedy_cut(length, starts[mixed], ends[mixed], max_len)
+        out_s.append(rest_s)
+        out_l.append(rest_l)
     idx = np.concatenate(out_s)
     dlen = np.concatenate(out_l)
     order = np.argsort(idx, kind="stable")
     idx, dlen = idx[order], dlen[order]
     return pos[idx] + off[idx], dlen
+
+
+def _greedy_cut(length: np.ndarray, g_start: np.ndarray, g_end: np.ndarray, max_len: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """First entry and length of each DMA segment when groups ``[g_start, g_end)`` of joinable
+    segments are cut greedily at ``max_len``: where a segment starting at each entry would
+    end is one searchsorted for all groups, then each group's chain of starts is followed."""
+    cum = np.cumsum(length, dtype=_U64)
+    before = cum - length
+    sizes = g_end - g_start
+    first = np.cumsum(sizes) - sizes            # each group's offset in the packed arrays
+    idx = np.repeat(g_start - first, sizes) + np.arange(int(sizes.sum()))
+    nxt = np.searchsorted(cum, before[idx] + _U64(max_len), side="right")
+    # at least one entry per segment; never past the group's end
+    nxt = np.minimum(np.maximum(nxt, idx + 1), np.repeat(g_end, sizes)).tolist()
+    chain: list[int] = []
+    ends: list[int] = []
+    for a, b, o in zip(g_start.tolist(), g_end.tolist(), first.tolist(), strict=True):
+        k, shift = a, o - a
+        while k < b:
+            chain.append(k)
+            k = nxt[k + shift]
+            ends.append(k)
+    s = np.array(chain, dtype=np.int64)
+    return s, cum[np.array(ends, dtype=np.int64) - 1] - before[s]
 
 
 def iommu_dma_map_sg(domain: IommuDmaDomain, addr: np.ndarray, length: np.ndarray, *,
