@@ -172,7 +172,8 @@ def measure_combined(buffer: Buffer, backend: str, lists: dict | None = None
     """Map ``buffer`` the old way (``sg_alloc_table_from_pages`` + ``dma_map_sgtable``).
 
     ``lists``: a dict shared by the measurements of one buffer; a table built for one
-    ``max_seg_size`` is kept there unmapped and each measurement maps its own copy.
+    ``max_seg_size`` is kept there unmapped and each measurement maps its own copy, the
+    last one (``lists[("uses", max_seg_size)]`` counts them down) the table itself.
     """
     dev = make_device(backend)
     key = ("scatterlist", dev.max_seg_size)
@@ -180,7 +181,9 @@ def measure_combined(buffer: Buffer, backend: str, lists: dict | None = None
     if key not in lists:
         lists[key] = sg_alloc_table_from_pages(buffer.pfns, buffer.offset, buffer.size,
                                                dev.max_seg_size)
-    sgt = lists[key].copy()
+    uses = lists.get(("uses", dev.max_seg_size), 2)
+    lists[("uses", dev.max_seg_size)] = uses - 1
+    sgt = lists.pop(key) if uses == 1 else lists[key].copy()
     b = sg_bytes(sgt)
     base = {"backend": backend, "list": "scatterlist", "cpu_entries": sgt.orig_nents,
             "bytes": b["bytes"], "cpu_bytes": b["cpu_bytes"]}
@@ -227,7 +230,11 @@ def measure_split(buffer: Buffer, backend: str, cpu_layout: str = "phyr",
 def _rows(workload: str, size: int | None, mean_run: float | None, cpu_layout: str,
           seed: int) -> tuple[tuple[tuple[str, Any], ...], ...]:
     buf = build(workload, size=size, seed=seed, mean_run_pages=mean_run)
-    out, lists = [], {}
+    lists: dict = {}
+    for backend in BACKENDS:               # how many measurements map each table
+        k = ("uses", make_device(backend).max_seg_size)
+        lists[k] = lists.get(k, 0) + 1
+    out = []
     for backend in BACKENDS:
         out.append(measure_combined(buf, backend, lists))
         out.append(measure_split(buf, backend, cpu_layout, lists))

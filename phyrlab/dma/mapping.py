@@ -98,11 +98,12 @@ def _checked_pair(addr: Any, length: Any) -> tuple[np.ndarray, np.ndarray]:
         addr, length = addr.astype(U64), length.astype(U64)
     if addr.size == 0:
         raise RangeError("cannot map an empty range list")
-    zero = np.flatnonzero(length == 0)
-    if zero.size:
-        raise RangeError(f"length[{int(zero[0])}] is zero")
-    over = np.flatnonzero(length - U64(1) > ~addr)
-    if over.size:
+    if int(length.min()) == 0:
+        raise RangeError(f"length[{int(np.argmin(length))}] is zero")
+    # no end can pass 2^64 when even the largest address plus the largest length does not
+    over = (np.flatnonzero(length - U64(1) > ~addr)
+            if int(addr.max()) + int(length.max()) > 1 << 64 else ())
+    if len(over):
         i = int(over[0])
         raise RangeError(f"range {i} (addr {int(addr[i]):#x}, length {int(length[i]):#x}) "
                          "ends past 2^64")

@@ -55,13 +55,14 @@ def check_ranges(addr: Any, length: Any, *, overlap: bool = False) -> tuple[np.n
     length = as_u64("length", length)
     if addr.shape != length.shape:
         raise RangeError(f"addr has {addr.size} entries but length has {length.size}")
-    zero = np.flatnonzero(length == 0)
-    if zero.size:
-        i = int(zero[0])
+    if length.size and int(length.min()) == 0:
+        i = int(np.argmin(length))
         raise RangeError(f"length[{i}] is zero (range at addr {int(addr[i]):#x})")
-    # addr + length <= 2**64  <=>  length - 1 <= ~addr
-    over = np.flatnonzero((length - U64(1)) > ~addr)
-    if over.size:
+    # addr + length <= 2**64  <=>  length - 1 <= ~addr; no need to look when even the
+    # largest address plus the largest length stays within 2**64
+    over = (np.flatnonzero((length - U64(1)) > ~addr)
+            if addr.size and int(addr.max()) + int(length.max()) > 1 << 64 else ())
+    if len(over):
         i = int(over[0])
         raise RangeError(
             f"range {i} (addr {int(addr[i]):#x}, length {int(length[i]):#x}) ends past 2^64"
