@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phyrlab.iommu.dma_iommu import _greedy_cut
+from phyrlab.iommu.dma_iommu import _greedy_cut, _greedy_cut_per_segment
 
 
 def _walk(length: list[int], groups: list[tuple[int, int]], max_len: int):
@@ -26,7 +26,7 @@ def _walk(length: list[int], groups: list[tuple[int, int]], max_len: int):
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
-@given(st.lists(st.integers(1, 40), min_size=1, max_size=120), st.integers(40, 200),
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=120), st.integers(40, 20000),
        st.lists(st.integers(0, 119), max_size=10))
 def test_greedy_cut_is_the_kernel_walk(length, max_len, cuts):
     n = len(length)
@@ -34,7 +34,9 @@ def test_greedy_cut_is_the_kernel_walk(length, max_len, cuts):
     groups = list(zip(bounds[:-1], bounds[1:], strict=True))
     arr = np.array(length, dtype=np.uint64)
     g = np.array(groups, dtype=np.int64)
-    s, ln = _greedy_cut(arr, g[:, 0], g[:, 1], max_len)
     ws, wl = _walk(length, groups, max_len)
-    assert s.tolist() == ws
-    assert ln.tolist() == wl
+    s, ln = _greedy_cut(arr, g[:, 0], g[:, 1], max_len)
+    assert (s.tolist(), ln.tolist()) == (ws, wl)
+    cum = np.cumsum(arr)
+    s, ln = _greedy_cut_per_segment(cum, cum - arr, g[:, 0], g[:, 1], max_len)
+    assert (s.tolist(), ln.tolist()) == (ws, wl)

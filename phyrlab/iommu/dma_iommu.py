@@ -322,6 +322,10 @@ def _greedy_cut(length: np.ndarray, g_start: np.ndarray, g_end: np.ndarray, max_
     cum = np.cumsum(length, dtype=_U64)
     before = cum - length
     sizes = g_end - g_start
+    # few DMA segments per entry (a long max_len): one searchsorted per DMA segment is cheaper
+    est = int(((cum[g_end - 1] - before[g_start]) // _U64(max_len)).sum()) + g_start.size
+    if est * 64 < int(sizes.sum()):
+        return _greedy_cut_per_segment(cum, before, g_start, g_end, max_len)
     first = np.cumsum(sizes) - sizes            # each group's offset in the packed arrays
     idx = np.repeat(g_start - first, sizes) + np.arange(int(sizes.sum()))
     nxt = np.searchsorted(cum, before[idx] + _U64(max_len), side="right")
@@ -336,6 +340,22 @@ def _greedy_cut(length: np.ndarray, g_start: np.ndarray, g_end: np.ndarray, max_
             k = nxt[k + shift]
             ends.append(k)
     s = np.array(chain, dtype=np.int64)
+    return s, cum[np.array(ends, dtype=np.int64) - 1] - before[s]
+
+
+def _greedy_cut_per_segment(cum: np.ndarray, before: np.ndarray, g_start: np.ndarray,
+                            g_end: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_greedy_cut` one DMA segment at a time (a searchsorted each)."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for a, b in zip(g_start.tolist(), g_end.tolist(), strict=True):
+        k = a
+        while k < b:
+            j = int(np.searchsorted(cum, before[k] + _U64(max_len), side="right"))
+            starts.append(k)
+            k = min(max(j, k + 1), b)
+            ends.append(k)
+    s = np.array(starts, dtype=np.int64)
     return s, cum[np.array(ends, dtype=np.int64) - 1] - before[s]
 
 
