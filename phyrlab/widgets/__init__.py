@@ -108,6 +108,8 @@ from .storage import storage_panel  # noqa: E402
 #: notebook stem -> (main panel factory, control values that give about 10^6 entries);
 #: ``benchmarks/notebooks.py`` times one control change of each at default and large sizes.
 PANELS: dict[str, tuple[str, dict[str, Any]]] = {
+    # the tour's panel is 01's and 04's models at once; its slider stops at 4 MiB (1,024
+    # pages): at 10^6 entries those two notebooks are timed on their own
     "00-tour": ("phyrlab.widgets.tour:tour_panel", {"size": 1 << 22,
                                                      "workload": "nvme-4k-random"}),
     "01-storage-size": ("phyrlab.widgets.storage:storage_panel",
