@@ -20,13 +20,6 @@ U = np.uint64
 SCATTERED_16 = ("nvme-4k-random", SZ_64K)  # 16 order-0 pages, no two adjacent
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults():
-    faults.reset()
-    yield
-    faults.reset()
-
-
 def row(results, name):
     return next(r for r in results if r.ops == name)
 

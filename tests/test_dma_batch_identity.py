@@ -11,6 +11,7 @@ hints and slots either way.
 
 from __future__ import annotations
 
+import identity
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -33,36 +34,10 @@ SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
                                            HealthCheck.data_too_large])
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults():
-    faults.reset()
-    yield
-    faults.reset()
-
-
-@st.composite
-def range_lists(draw, max_n: int = 120):
-    """Entries that are contiguous with the previous one, page aligned elsewhere, or at an
-    offset; 1 byte to a few pages long; above or below 4 GiB."""
-    n = draw(st.integers(1, max_n))
-    base = draw(st.sampled_from([0x1_0000_0000, 0x10_0000, 0x3F00_0000, 0x100_0000_0000]))
-    kinds = draw(st.lists(st.sampled_from("cpo"), min_size=n, max_size=n))
-    sizes = draw(st.lists(st.sampled_from([1, 512, 2048, 4096, 8192, 12288, 4096 * 17,
-                                           65536, 3000]), min_size=n, max_size=n))
-    gaps = draw(st.lists(st.integers(1, 64), min_size=n, max_size=n))
-    offs = draw(st.lists(st.integers(1, 4095), min_size=n, max_size=n))
-    addr, length, pos = [], [], base
-    for i in range(n):
-        if kinds[i] == "c" and i:
-            a = pos
-        else:
-            a = ((pos + PAGE_SIZE - 1) // PAGE_SIZE + gaps[i]) * PAGE_SIZE
-            if kinds[i] == "o":
-                a += offs[i]
-        addr.append(a)
-        length.append(sizes[i])
-        pos = a + sizes[i]
-    return np.array(addr, U), np.array(length, U)
+def range_lists(max_n: int = 120):
+    """:func:`identity.range_lists` with this file's bases and lengths."""
+    return identity.range_lists(max_n, [0x1_0000_0000, 0x10_0000, 0x3F00_0000, 0x100_0000_0000],
+                                [1, 512, 2048, 4096, 8192, 12288, 4096 * 17, 65536, 3000])
 
 
 device_limits = st.fixed_dictionaries({

@@ -32,13 +32,6 @@ U = np.uint64
 HIGH = 0x1_0000_0000  # above a 32-bit mask
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults():
-    faults.reset()
-    yield
-    faults.reset()
-
-
 def arr(*xs: int) -> np.ndarray:
     return np.array(xs, dtype=U)
 

@@ -23,13 +23,6 @@ from phyrlab.units import DMA_BIT_MASK, SZ_64K, U64_MAX
 M64, M32 = DMA_BIT_MASK(64), DMA_BIT_MASK(32)
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults():
-    faults.reset()
-    yield
-    faults.reset()
-
-
 def test_pci_devices_try_below_4g_first():
     d = IommuDmaDomain("x86_64")
     assert iommu_dma_alloc_iova(d, 0x1000, M64, dev_is_pci=True) == 0xFFFFF000

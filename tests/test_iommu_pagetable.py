@@ -20,13 +20,6 @@ from phyrlab.units import SZ_1G, SZ_2M, SZ_4K, SZ_16K, SZ_32M, SZ_64K, SZ_512M
 K4, M2 = SZ_4K, SZ_2M
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults():
-    faults.reset()
-    yield
-    faults.reset()
-
-
 def state(pt: PageTable):
     i, p, s = pt.leaves()
     st_ = pt.stats

@@ -11,13 +11,13 @@ pages, counters and fault counters, through ``map_runs``, ``map`` and ``map_call
 
 from __future__ import annotations
 
+import identity
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from phyrlab import faults
-from phyrlab.errors import DmaMappingError
 from phyrlab.iommu.dma_iommu import IommuDmaDomain, iommu_dma_map_sg, iommu_dma_unmap_sg
 from phyrlab.iommu.experiments import split_segments
 from phyrlab.iommu.pagetable import FORMATS, PageTable
@@ -29,31 +29,6 @@ SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults():
-    faults.reset()
-    yield
-    faults.reset()
-
-
-def _pt_state(pt: PageTable) -> tuple:
-    s = pt.stats
-    return (pt._pte.tobytes(), pt._pte.shape, pt._nvalid.tobytes(), pt._tlevel.tobytes(),
-            pt._free.tobytes(), s.pte_writes, s.table_pages, s.table_bytes,
-            s.table_pages_allocated, s.table_pages_freed, s.mapped_bytes,
-            list(s.leaves.items()), list(s.leaves_mapped.items()), s.iotlb_syncs)
-
-
-def _fault_state() -> tuple:
-    return (sorted(faults.stats.calls.items()), sorted(faults.stats.failed.items()),
-            sorted((k, a.calls, a.failed) for k, a in faults._armed.items()))
-
-
-def _outcome(fn):
-    try:
-        return ("ok", fn())
-    except (DmaMappingError, ValueError) as exc:
-        return (type(exc).__name__, getattr(exc, "errno", None), str(exc))
 
 
 @st.composite
@@ -135,9 +110,10 @@ def test_map_runs_stretch_leaves_are_the_chunk_writes(case):
         _premap(pt, runs, pre, other)
         i, p, s = (np.array(c, dtype=U) for c in zip(*runs, strict=True))
         with faults.inject("pt_alloc", nth=fault or 10**9):
-            res = _outcome(lambda: pt.map_runs(i, p, s))
+            res = identity.outcome(lambda: pt.map_runs(i, p, s))
         li, lp, ls = pt.leaves()
-        return res, _pt_state(pt), _fault_state(), li.tobytes(), lp.tobytes(), ls.tobytes()
+        return (res, identity.pt_state(pt), identity.fault_state(), li.tobytes(), lp.tobytes(),
+                ls.tobytes())
     _both(go)
 
 
@@ -154,7 +130,7 @@ def test_map_calls_stretch_leaves_are_the_chunk_writes(case):
             res = pt.map_calls(i, p, s)
         if res is not None:
             res = (res[0], None if res[1] is None else (res[1].errno, str(res[1])))
-        return res, _pt_state(pt), _fault_state()
+        return res, identity.pt_state(pt), identity.fault_state()
     _both(go)
 
 
@@ -168,7 +144,7 @@ def test_map_runs_twice_and_unmap(case, shuffle):
     def go():
         pt = PageTable(fmt)
         i, p, s = (np.array(c, dtype=U) for c in zip(*runs, strict=True))
-        out = [_outcome(lambda: pt.map_runs(i, p, s))]
+        out = [identity.outcome(lambda: pt.map_runs(i, p, s))]
         end = int(i[-1] + s[-1])
         i2 = np.arange(4, dtype=U) * U(3 * g) + U(end - g * (fault or 0) % (2 * g))
         s2 = np.full(4, 3 * g, dtype=U)
@@ -177,10 +153,10 @@ def test_map_runs_twice_and_unmap(case, shuffle):
             i2, p2 = i2[::-1].copy(), p2[::-1].copy()
         if int(i2.max()) + 3 * g <= 1 << pt.fmt.ias:
             with faults.inject("pt_alloc", nth=fault or 10**9):
-                out.append(_outcome(lambda: pt.map_runs(i2, p2, s2)))
+                out.append(identity.outcome(lambda: pt.map_runs(i2, p2, s2)))
         if out[0][0] == "ok":
-            out.append(_outcome(lambda: pt.unmap(int(i[0]), end - int(i[0]))))
-        return out, _pt_state(pt), _fault_state()
+            out.append(identity.outcome(lambda: pt.unmap(int(i[0]), end - int(i[0]))))
+        return out, identity.pt_state(pt), identity.fault_state()
     _both(go)
 
 
@@ -193,7 +169,7 @@ def test_many_stretches_and_one_long_stretch():
     pa = (np.arange(sizes.size, dtype=U) * U(11 * g)) + U(1 << 35)
     joined = np.cumsum(sizes) - sizes + U(1 << 30)
     for it, ps in ((iova, pa), (joined, pa)):
-        _both(lambda it=it, ps=ps: (lambda pt: (pt.map_runs(it, ps, sizes), _pt_state(pt)))(
+        _both(lambda it=it, ps=ps: (lambda pt: (pt.map_runs(it, ps, sizes), identity.pt_state(pt)))(
             PageTable("x86_64")))
 
 
@@ -207,9 +183,9 @@ def test_map_sg_of_a_fragmented_buffer_is_the_same_either_way():
             d = IommuDmaDomain(fmt)
             da, dl = iommu_dma_map_sg(d, addr, length, max_seg_size=1 << 31,
                                       seg_boundary_mask=U64_MAX, dma_limit=DMA_BIT_MASK(64))
-            st_ = _pt_state(d.pt)
+            st_ = identity.pt_state(d.pt)
             iommu_dma_unmap_sg(d, da, dl)
-            return da.tobytes(), dl.tobytes(), st_, _pt_state(d.pt)
+            return da.tobytes(), dl.tobytes(), st_, identity.pt_state(d.pt)
         _both(go)
 
 
@@ -233,8 +209,8 @@ def test_stretch_over_old_and_new_tables(fmt, seed):
         pt.map(start - g, 0x999 * g, g)
         pt.map(0 if start > E * g * 2 else (1 << f.ias) - E * g, 0x555 * g, g)
         with faults.inject("pt_alloc", nth=fault or 10**9):
-            res = _outcome(lambda: pt.map_runs(iova, pa, size))
-        return res, _pt_state(pt), _fault_state()
+            res = identity.outcome(lambda: pt.map_runs(iova, pa, size))
+        return res, identity.pt_state(pt), identity.fault_state()
     _both(go)
 
 

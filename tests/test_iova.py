@@ -13,13 +13,6 @@ from phyrlab.iommu.iova import IOVA_MAG_SIZE, MAX_GLOBAL_MAGS
 LIM32 = (1 << 20) - 1          # DMA_BIT_MASK(32) >> 12
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults():
-    faults.reset()
-    yield
-    faults.reset()
-
-
 def test_top_down_size_aligned_placement():
     d = IovaDomain(4096, 1)
     assert d.dma_32bit_pfn == 1 << 20

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import identity
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -34,31 +35,6 @@ SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults():
-    faults.reset()
-    yield
-    faults.reset()
-
-
-def _pt_state(pt: PageTable) -> tuple:
-    s = pt.stats
-    return (pt._pte.tobytes(), pt._pte.shape, pt._nvalid.tobytes(), pt._tlevel.tobytes(),
-            pt._free.tobytes(), s.pte_writes, s.table_pages, s.table_bytes,
-            s.table_pages_allocated, s.table_pages_freed, s.mapped_bytes,
-            list(s.leaves.items()), list(s.leaves_mapped.items()), s.iotlb_syncs)
-
-
-def _fault_state() -> tuple:
-    return (sorted(faults.stats.calls.items()), sorted(faults.stats.failed.items()),
-            sorted((k, a.calls, a.failed) for k, a in faults._armed.items()))
-
-
-def _outcome(fn):
-    try:
-        return ("ok", fn())
-    except (DmaMappingError, ValueError) as exc:
-        return (type(exc).__name__, getattr(exc, "errno", None), str(exc))
 
 
 # --------------------------------------------------------------------------- page table
@@ -121,10 +97,10 @@ def test_small_map_is_the_array_map(case):
         for iova, pa, size in runs:
             if fault:
                 with faults.inject("pt_alloc", nth=fault):
-                    out.append(_outcome(lambda a=iova, p=pa, s=size, t=pt: t.map(a, p, s)))
+                    out.append(identity.outcome(lambda a=iova, p=pa, s=size, t=pt: t.map(a, p, s)))
             else:
-                out.append(_outcome(lambda a=iova, p=pa, s=size, t=pt: t.map(a, p, s)))
-        got.append((out, _pt_state(pt), _fault_state(), pt.leaves()[0].tobytes()))
+                out.append(identity.outcome(lambda a=iova, p=pa, s=size, t=pt: t.map(a, p, s)))
+        got.append((out, identity.pt_state(pt), identity.fault_state(), pt.leaves()[0].tobytes()))
     assert got[0] == got[1]
 
 
@@ -142,25 +118,25 @@ def test_map_calls_is_map_one_by_one(case):
             if batched:
                 res = pt.map_calls(iova, pa, size)
                 if res is None:          # a call raises ValueError: the caller goes one by one
-                    res = _outcome(lambda t=pt: _calls_one_by_one(t, runs))
+                    res = identity.outcome(lambda t=pt: _calls_one_by_one(t, runs))
                 else:
                     res = ("ok", (res[0], None if res[1] is None
                                   else (res[1].errno, str(res[1]))))
             else:
-                res = _outcome(lambda t=pt: _calls_one_by_one(t, runs))
-        states.append((res, _pt_state(pt), _fault_state()))
+                res = identity.outcome(lambda t=pt: _calls_one_by_one(t, runs))
+        states.append((res, identity.pt_state(pt), identity.fault_state()))
     assert states[0] == states[1]
 
 
 def test_map_calls_refuses_what_a_call_would_refuse():
     pt = PageTable("x86_64")
     pt.map(0x3000, 0x9000, K4)
-    snap = _pt_state(pt), _fault_state()
+    snap = identity.pt_state(pt), identity.fault_state()
     a = np.array([0x1000, 0x3000], dtype=U)
     assert pt.map_calls(a, a, np.array([K4, K4], dtype=U)) is None        # live entry
     assert pt.map_calls(a[::-1].copy(), a, np.array([K4, K4], dtype=U)) is None  # order
     assert pt.map_calls(a, a + U(1), np.array([K4, K4], dtype=U)) is None   # unaligned
-    assert (_pt_state(pt), _fault_state()) == snap
+    assert (identity.pt_state(pt), identity.fault_state()) == snap
 
 
 # --------------------------------------------------------------------------- dma_map_iova
@@ -214,7 +190,7 @@ def _dev_state(dev) -> tuple:
     out = [sorted(dev.ops.stats.items()), sorted(dev.resources().items())]
     if hasattr(dev.ops, "domain"):
         d = dev.ops.domain
-        out += [d.snapshot(), _pt_state(d.pt), d.iovad.live_ranges(), d.iotlb.pending()]
+        out += [d.snapshot(), identity.pt_state(d.pt), d.iovad.live_ranges(), d.iotlb.pending()]
     if dev.has_io_tlb_mem():
         m = dev.dma_io_tlb_mem
         out += [[a.tobytes() for a in m.snapshot()], sorted(m.stats.items())]
@@ -266,7 +242,7 @@ def _map_and_unmap(ranges, d, point, nth, busy):
         unmapped = None if m is None else sorted(dma_unmap_iova(dev, m).items())
         if busy:
             dma_unmap_iova(dev, other)
-        return out, after_map, unmapped, _dev_state(dev), _fault_state()
+        return out, after_map, unmapped, _dev_state(dev), identity.fault_state()
 
 
 def test_notebook_case_is_per_call(monkeypatch):
@@ -303,7 +279,7 @@ def test_map_calls_across_many_tables_and_a_fault_part_way(fmt, nth):
                 res = (k, None if exc is None else (exc.errno, str(exc)))
             else:
                 res = _calls_one_by_one(pt, runs)
-        states.append((res, _pt_state(pt), _fault_state()))
+        states.append((res, identity.pt_state(pt), identity.fault_state()))
     assert states[0] == states[1]
     k = states[0][0][0]
     assert (k == len(runs)) if nth == 303 else (0 < k < len(runs) or nth <= 3)

@@ -33,13 +33,6 @@ SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                                            HealthCheck.data_too_large])
 
 
-@pytest.fixture(autouse=True)
-def _reset_faults():
-    faults.reset()
-    yield
-    faults.reset()
-
-
 def _pool_state(mem: IoTlbMem) -> tuple:
     return tuple(a.tobytes() for a in mem.snapshot()) + (
         mem.area_index.tobytes(), dict(mem.stats), tuple(mem.warnings))
