@@ -65,3 +65,40 @@ def outcome(fn: Callable[[], Any]) -> tuple:
         return ("ok", fn())
     except (DmaMappingError, ValueError) as exc:
         return (type(exc).__name__, getattr(exc, "errno", None), str(exc))
+
+
+def pool_state(mem) -> tuple:
+    """Every slot, area cursor, counter and warning of a swiotlb pool (``IoTlbMem``)."""
+    return tuple(a.tobytes() for a in mem.snapshot()) + (
+        mem.area_index.tobytes(), dict(mem.stats), tuple(mem.warnings))
+
+
+def map_sg_rounds(dev, mem, rng, next_list: Callable[[], tuple], reach32: float,
+                  fault_nth: int) -> list:
+    """Three rounds of ``dev.ops.map_sg`` of ``next_list()`` (a ``reach32`` share of entries
+    moved below 4 GiB; ``fault_nth`` arms the swiotlb slot search in the second round), each
+    followed half the time by the ``unmap_sg`` of the oldest live list: what each gave, and
+    the pool, counters and fault calls after it."""
+    from contextlib import nullcontext
+
+    ops = dev.ops
+    seen: list = []
+    live = []
+    for k in range(3):
+        paddr, size = next_list()
+        paddr[rng.random(paddr.size) < reach32] &= U(0xFFFF_FFFF)
+        armed = (faults.inject("swiotlb_slot", nth=fault_nth) if fault_nth and k == 1
+                 else nullcontext())
+        try:
+            with armed:
+                dma, dlen, cookie = ops.map_sg(dev, paddr, size, "bidirectional")
+            live.append((dma, dlen, cookie))
+            seen.append((dma.tobytes(), dlen.tobytes(), cookie.bounced.tobytes()))
+        except DmaMappingError as exc:
+            seen.append((exc.errno, str(exc)))
+        seen += [pool_state(mem), dict(ops.stats), dict(faults.stats.calls)]
+        if live and rng.random() < 0.5:
+            dma, dlen, cookie = live.pop(0)
+            ops.unmap_sg(dev, dma, dlen, "from_device", cookie)
+            seen += [pool_state(mem), dict(ops.stats)]
+    return seen

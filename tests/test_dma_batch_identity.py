@@ -371,9 +371,6 @@ def test_ppc_runs_on_holed_pools(name, seed, entries, n, p, fault_nth):
 
 
 # ------------------------------------------------------------------------------- swiotlb
-def _pool_state(mem: IoTlbMem) -> tuple:
-    return tuple(a.tobytes() for a in mem.snapshot()) + (
-        mem.area_index.tobytes(), dict(mem.stats), tuple(mem.warnings))
 
 
 def _drive_pool(ops_list, mem_kw: dict, dev_kw: dict, fault_nth: int, batch: bool) -> list:
@@ -397,7 +394,7 @@ def _drive_pool(ops_list, mem_kw: dict, dev_kw: dict, fault_nth: int, batch: boo
             seen.append(("ok", tlb))
         except DmaMappingError as exc:
             seen.append(("err", exc.errno, str(exc)))
-        seen.append(_pool_state(mem))
+        seen.append(identity.pool_state(mem))
     seen.append(dict(faults.stats.calls))
     return seen
 
@@ -520,18 +517,18 @@ def _drive_many(seed: int, n: int, mem_kw: dict, dev_kw: dict, prefill: int, fau
     live = _prefill(mem, dev, rng, prefill)
     mem.cpu = int(rng.integers(0, 8))
     paddr, size = _bounce_list(rng, n)
-    seen: list = [_pool_state(mem)]
+    seen: list = [identity.pool_state(mem)]
     armed = faults.inject("swiotlb_slot", nth=fault_nth) if fault_nth else nullcontext()
     with armed:
         dma, exc = swiotlb_map_many(dev, paddr, size, "to_device")
-    seen += [dma.tobytes(), exc and (exc.errno, str(exc)), _pool_state(mem),
+    seen += [dma.tobytes(), exc and (exc.errno, str(exc)), identity.pool_state(mem),
              dict(faults.stats.calls), dict(faults.stats.failed)]
     # give back a random part of what was mapped, then the rest with the prefilled ones
     phys = dev.dma_to_phys_array(dma)
     order = rng.permutation(len(dma))
     part = order[:int(rng.integers(0, len(dma) + 1))]
     seen.append(mem.unmap_many(dev, phys[part], size[part], direction, skip))
-    seen.append(_pool_state(mem))
+    seen.append(identity.pool_state(mem))
     rest = np.concatenate([phys[order[len(part):]], np.array([t for t, _ in live], U)])
     rest_size = np.concatenate([size[order[len(part):]], np.array([z for _, z in live], U)])
     if len(rest) > 2 and rng.random() < 0.3:  # one given back twice in the same call
@@ -539,13 +536,13 @@ def _drive_many(seed: int, n: int, mem_kw: dict, dev_kw: dict, prefill: int, fau
         rest = np.insert(rest, j, rest[0])
         rest_size = np.insert(rest_size, j, rest_size[0])
     seen.append(mem.unmap_many(dev, rest, rest_size, direction, skip))
-    seen.append(_pool_state(mem))
+    seen.append(identity.pool_state(mem))
     if len(dma):  # a double free goes call by call (and corrupts the pool alike)
         try:
             seen.append(mem.unmap_many(dev, phys[:2], size[:2], direction, skip))
         except (ValueError, IndexError) as err:
             seen.append(repr(err))
-        seen.append(_pool_state(mem))
+        seen.append(identity.pool_state(mem))
     return seen
 
 
@@ -576,34 +573,12 @@ def test_swiotlb_many_equals_single_calls(seed, n, size, nareas, start, dev_kw, 
 
 def _drive_direct(seed: int, n: int, mem_size: int, dev_kw: dict, fault_nth: int,
                   batch: bool) -> list:
-    from contextlib import nullcontext
-
     faults.reset()
     rng = np.random.default_rng(seed)
     mem = IoTlbMem(mem_size)
     mem.batch = batch
     dev = Device(None, swiotlb=mem, **dev_kw)
-    ops = dev.ops
-    seen: list = []
-    live = []
-    for k in range(3):
-        paddr, size = _bounce_list(rng, n)
-        paddr[rng.random(n) < 0.5] &= U(0xFFFF_FFFF)  # some reachable with 32 bits
-        armed = (faults.inject("swiotlb_slot", nth=fault_nth) if fault_nth and k == 1
-                 else nullcontext())
-        try:
-            with armed:
-                dma, dlen, cookie = ops.map_sg(dev, paddr, size, "bidirectional")
-            live.append((dma, dlen, cookie))
-            seen.append((dma.tobytes(), dlen.tobytes(), cookie.bounced.tobytes()))
-        except DmaMappingError as exc:
-            seen.append((exc.errno, str(exc)))
-        seen += [_pool_state(mem), dict(ops.stats), dict(faults.stats.calls)]
-        if live and rng.random() < 0.5:
-            dma, dlen, cookie = live.pop(0)
-            ops.unmap_sg(dev, dma, dlen, "from_device", cookie)
-            seen += [_pool_state(mem), dict(ops.stats)]
-    return seen
+    return identity.map_sg_rounds(dev, mem, rng, lambda: _bounce_list(rng, n), 0.5, fault_nth)
 
 
 @settings(SETTINGS, max_examples=30)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
+import identity
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -33,9 +34,6 @@ SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                                            HealthCheck.data_too_large])
 
 
-def _pool_state(mem: IoTlbMem) -> tuple:
-    return tuple(a.tobytes() for a in mem.snapshot()) + (
-        mem.area_index.tobytes(), dict(mem.stats), tuple(mem.warnings))
 
 
 def _mixed_list(rng, n: int, odd: float, zero: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +78,7 @@ def _drive_many(seed: int, n: int, odd: float, zero: float, mem_kw: dict, dev_kw
     mem.batch = batch
     dev = Device(None, swiotlb=mem, **dev_kw)
     live = _prefill(mem, dev, rng, prefill)
-    seen: list = [_pool_state(mem)]
+    seen: list = [identity.pool_state(mem)]
     for k in range(2):  # the second list meets what the first left (and its cursor)
         mem.cpu = int(rng.integers(0, 8))
         paddr, size = _mixed_list(rng, n, odd, zero)
@@ -88,20 +86,20 @@ def _drive_many(seed: int, n: int, odd: float, zero: float, mem_kw: dict, dev_kw
                  else nullcontext())
         with armed:
             dma, exc = swiotlb_map_many(dev, paddr, size, "to_device")
-        seen += [dma.tobytes(), exc and (exc.errno, str(exc)), _pool_state(mem),
+        seen += [dma.tobytes(), exc and (exc.errno, str(exc)), identity.pool_state(mem),
                  dict(faults.stats.calls), dict(faults.stats.failed)]
         phys = dev.dma_to_phys_array(dma)
         order = rng.permutation(len(dma))
         part = order[:int(rng.integers(0, len(dma) + 1))]
         seen.append(mem.unmap_many(dev, phys[part], size[part], direction, skip))
-        seen.append(_pool_state(mem))
+        seen.append(identity.pool_state(mem))
         live += [(int(t), int(z)) for t, z in zip(phys[order[len(part):]].tolist(),
                                                   size[order[len(part):]].tolist(),
                                                   strict=True)]
     if live:
         seen.append(mem.unmap_many(dev, np.array([t for t, _ in live], U),
                                    np.array([z for _, z in live], U), direction, skip))
-    seen.append(_pool_state(mem))
+    seen.append(identity.pool_state(mem))
     return seen
 
 
@@ -151,7 +149,8 @@ def test_a_run_continues_at_the_next_segment_start():
         mem._map_run = lambda d, o, s, orig=orig, runs=runs: runs.append(len(o)) or orig(d, o, s)
         dma, exc = swiotlb_map_many(dev, paddr, sizes, "to_device")
         assert exc is None
-        got[batch] = ((dma - U(mem.start)) // U(IO_TLB_SIZE)).tolist(), _pool_state(mem), runs
+        slots = ((dma - U(mem.start)) // U(IO_TLB_SIZE)).tolist()
+        got[batch] = slots, identity.pool_state(mem), runs
     slots, state, runs = got[True]
     assert (slots, state) == got[False][:2]
     # 6 + 10 + 14 slots = 30 per group; four groups fill 120 slots of a segment, the fifth
@@ -183,27 +182,8 @@ def _drive_direct(seed: int, n: int, odd: float, dev_kw: dict, fault_nth: int,
     mem = IoTlbMem()
     mem.batch = batch
     dev = Device(None, swiotlb=mem, **dev_kw)
-    ops = dev.ops
-    seen: list = []
-    live = []
-    for k in range(3):
-        paddr, size = _mixed_list(rng, n, odd)
-        paddr[rng.random(n) < 0.3] &= U(0xFFFF_FFFF)  # some reachable with 32 bits
-        armed = (faults.inject("swiotlb_slot", nth=fault_nth) if fault_nth and k == 1
-                 else nullcontext())
-        try:
-            with armed:
-                dma, dlen, cookie = ops.map_sg(dev, paddr, size, "bidirectional")
-            live.append((dma, dlen, cookie))
-            seen.append((dma.tobytes(), dlen.tobytes(), cookie.bounced.tobytes()))
-        except DmaMappingError as exc:
-            seen.append((exc.errno, str(exc)))
-        seen += [_pool_state(mem), dict(ops.stats), dict(faults.stats.calls)]
-        if live and rng.random() < 0.5:
-            dma, dlen, cookie = live.pop(0)
-            ops.unmap_sg(dev, dma, dlen, "from_device", cookie)
-            seen += [_pool_state(mem), dict(ops.stats)]
-    return seen
+    return identity.map_sg_rounds(dev, mem, rng, lambda: _mixed_list(rng, n, odd), 0.3,
+                                  fault_nth)
 
 
 @pytest.mark.parametrize("seed,n,odd,fault_nth", [

@@ -240,14 +240,7 @@ class PageTable:
             return np.empty(0, dtype=np.int64)
         if self._free.size < n:
             cap = self._pte.shape[0]
-            new_cap = max(2 * cap, cap + n - self._free.size)
-            pte = np.zeros((new_cap, self._W), dtype=np.uint64)
-            pte[:cap] = self._pte
-            self._pte = pte
-            self._nvalid = np.concatenate([self._nvalid, np.zeros(new_cap - cap, np.int64)])
-            self._tlevel = np.concatenate([self._tlevel, np.full(new_cap - cap, -1, np.int8)])
-            self._free = np.concatenate(
-                [np.arange(new_cap - 1, cap - 1, -1, dtype=np.int64), self._free])
+            self._grow_pool(max(2 * cap, cap + n - self._free.size))
         idx = self._free[-n:][::-1].copy()
         self._free = self._free[:-n]
         self._tlevel[idx] = level
@@ -947,7 +940,7 @@ class PageTable:
     def _grow_for(self, groups: list[int]) -> None:
         """Grow the table-page pool to the size ``_alloc_tables`` calls of ``groups`` pages
         each, in turn, would leave it."""
-        cap = new_cap = self._pte.shape[0]
+        new_cap = self._pte.shape[0]
         free = self._free.size
         if free >= sum(groups):
             return
@@ -957,6 +950,12 @@ class PageTable:
                 free += c - new_cap
                 new_cap = c
             free -= n
+        self._grow_pool(new_cap)
+
+    def _grow_pool(self, new_cap: int) -> None:
+        """Grow the table-page pool to ``new_cap`` pages; the new pages are handed out lowest
+        first (``_free`` is taken from its end)."""
+        cap = self._pte.shape[0]
         pte = np.zeros((new_cap, self._W), dtype=np.uint64)
         pte[:cap] = self._pte
         self._pte = pte
