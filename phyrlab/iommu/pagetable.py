@@ -171,6 +171,19 @@ class _MapPlan(NamedTuple):
     iova0: int
 
 
+def _table_pieces(g0: np.ndarray, g1: np.ndarray, b: int) -> tuple[np.ndarray, ...]:
+    """Cut entry spans ``[g0[i], g1[i]]`` at tables of ``2**b`` entries: each piece's table
+    ``t``, span index ``s``, first entry ``gs`` and entry count ``n``, and the pieces per
+    span ``nt``."""
+    t0 = g0 >> b
+    nt = (g1 >> b) - t0 + 1
+    t = _expand(t0, nt)
+    s = np.repeat(np.arange(g0.size), nt)
+    gs = np.maximum(t << b, g0[s])
+    n = np.minimum(((t + 1) << b) - 1, g1[s]) - gs + 1
+    return t, s, gs, n, nt
+
+
 def _expand(starts: np.ndarray, counts: np.ndarray, step: int = 1) -> np.ndarray:
     """Concatenate ``starts[i] + step * arange(counts[i])`` for every i (int64/uint64)."""
     counts = np.asarray(counts, dtype=np.int64)
@@ -580,12 +593,7 @@ class PageTable:
         emask = (1 << b) - 1
         g0 = (lo >> _U64(sh)).astype(np.int64)
         g1 = g0 + (nbytes >> _U64(sh)).astype(np.int64) - 1
-        t0, t1 = g0 >> b, g1 >> b
-        nt = t1 - t0 + 1
-        t = _expand(t0, nt)
-        seg = np.repeat(np.arange(lo.size), nt)
-        gs = np.maximum(t << b, g0[seg])
-        n = np.minimum(((t + 1) << b) - 1, g1[seg]) - gs + 1
+        t, seg, gs, n, _ = _table_pieces(g0, g1, b)
         tpool = pools[np.searchsorted(prefixes, t)]
         have = np.flatnonzero(tpool >= 0)
         busy_full = have[(n[have] == emask + 1) & (self._nvalid[tpool[have]] != 0)]
@@ -709,12 +717,7 @@ class PageTable:
             g1 = ((lo[en] + nbytes[en]) >> _U64(sh)).astype(np.int64) - 1
             nleaf = g1 - g0 + 1
             leafoff = np.cumsum(nleaf) - nleaf        # first leaf of each stretch
-            t0, t1 = g0 >> b, g1 >> b
-            nt = t1 - t0 + 1
-            t = _expand(t0, nt)
-            s = np.repeat(np.arange(st.size), nt)
-            gs = np.maximum(t << b, g0[s])
-            n = np.minimum(((t + 1) << b) - 1, g1[s]) - gs + 1
+            t, s, gs, n, nt = _table_pieces(g0, g1, b)
             slot0 = gs & (E - 1)
             k0 = leafoff[s] + (gs - g0[s])            # first leaf of each chunk
             pa0 = None if one or many else pa[st][s] + ((gs - g0[s]).astype(_U64) << _U64(sh))
