@@ -35,7 +35,7 @@ import numpy as np
 
 from .dma import Device, dma_map, dma_map_sgtable
 from .errors import DmaMappingError
-from .layouts import LAYOUTS, SCATTERLIST_MAX_SEGMENT, SgTable, sg_alloc_table_from_pages
+from .layouts import LAYOUTS, SCATTERLIST_MAX_SEGMENT, Layout, SgTable, sg_alloc_table_from_pages
 from .layouts.scatterlist import SCATTERLIST_DTYPE, SG_CHAIN, SG_MAX_SINGLE_ALLOC
 from .units import DMA_BIT_MASK, human_bytes
 from .workloads import Buffer, build
@@ -167,23 +167,17 @@ def _error_row(base: dict, exc: DmaMappingError) -> dict:
             "bounce_bytes": 0, "error": f"-{exc.errno}"}
 
 
-def measure_combined(buffer: Buffer, backend: str, lists: dict | None = None
+def measure_combined(buffer: Buffer, backend: str, sgt: SgTable | None = None
                      ) -> dict[str, Any]:
     """Map ``buffer`` the old way (``sg_alloc_table_from_pages`` + ``dma_map_sgtable``).
 
-    ``lists``: a dict shared by the measurements of one buffer; a table built for one
-    ``max_seg_size`` is kept there unmapped and each measurement maps its own copy, the
-    last one (``lists[("uses", max_seg_size)]`` counts them down) the table itself.
+    ``sgt``: the unmapped table of ``buffer`` for this backend's ``max_seg_size``, when the
+    caller built it already (it is mapped, so pass a copy to keep one).
     """
     dev = make_device(backend)
-    key = ("scatterlist", dev.max_seg_size)
-    lists = {} if lists is None else lists
-    if key not in lists:
-        lists[key] = sg_alloc_table_from_pages(buffer.pfns, buffer.offset, buffer.size,
-                                               dev.max_seg_size)
-    uses = lists.get(("uses", dev.max_seg_size), 2)
-    lists[("uses", dev.max_seg_size)] = uses - 1
-    sgt = lists.pop(key) if uses == 1 else lists[key].copy()
+    if sgt is None:
+        sgt = sg_alloc_table_from_pages(buffer.pfns, buffer.offset, buffer.size,
+                                        dev.max_seg_size)
     b = sg_bytes(sgt)
     base = {"backend": backend, "list": "scatterlist", "cpu_entries": sgt.orig_nents,
             "bytes": b["bytes"], "cpu_bytes": b["cpu_bytes"]}
@@ -197,19 +191,16 @@ def measure_combined(buffer: Buffer, backend: str, lists: dict | None = None
 
 
 def measure_split(buffer: Buffer, backend: str, cpu_layout: str = "phyr",
-                  lists: dict | None = None) -> dict[str, Any]:
+                  x: Layout | None = None) -> dict[str, Any]:
     """Map ``buffer`` stored in ``cpu_layout`` with ``dma_map()``; DMA side as dma_vecs.
 
-    ``lists``: as for :func:`measure_combined`; the CPU list is shared (``dma_map`` never
-    writes it).
+    ``x``: the buffer already in ``cpu_layout`` (``dma_map`` never writes it, so the
+    measurements of one buffer can share it).
     """
     if cpu_layout not in CPU_LAYOUTS:
         raise ValueError(f"cpu_layout {cpu_layout!r}: expected one of {CPU_LAYOUTS}")
     dev = make_device(backend)
-    lists = {} if lists is None else lists
-    if cpu_layout not in lists:
-        lists[cpu_layout] = buffer.layout(cpu_layout)
-    x = lists[cpu_layout]
+    x = buffer.layout(cpu_layout) if x is None else x
     base = {"backend": backend, "list": f"{cpu_layout} + dma_vec", "cpu_entries": len(x),
             "bytes": x.nbytes, "cpu_bytes": x.nbytes}
     try:
@@ -230,14 +221,18 @@ def measure_split(buffer: Buffer, backend: str, cpu_layout: str = "phyr",
 def _rows(workload: str, size: int | None, mean_run: float | None, cpu_layout: str,
           seed: int) -> tuple[tuple[tuple[str, Any], ...], ...]:
     buf = build(workload, size=size, seed=seed, mean_run_pages=mean_run)
-    lists: dict = {}
-    for backend in BACKENDS:               # how many measurements map each table
-        k = ("uses", make_device(backend).max_seg_size)
-        lists[k] = lists.get(k, 0) + 1
+    x = buf.layout(cpu_layout) if cpu_layout in CPU_LAYOUTS else None
+    seg = {b: make_device(b).max_seg_size for b in BACKENDS}
+    last = {m: b for b, m in seg.items()}     # the last backend of each max_seg_size
+    tables: dict[int, SgTable] = {}
     out = []
-    for backend in BACKENDS:
-        out.append(measure_combined(buf, backend, lists))
-        out.append(measure_split(buf, backend, cpu_layout, lists))
+    for backend in BACKENDS:               # one table per max_seg_size; the last user maps it
+        m = seg[backend]
+        if m not in tables:
+            tables[m] = sg_alloc_table_from_pages(buf.pfns, buf.offset, buf.size, m)
+        sgt = tables.pop(m) if last[m] == backend else tables[m].copy()
+        out.append(measure_combined(buf, backend, sgt))
+        out.append(measure_split(buf, backend, cpu_layout, x))
     return tuple(tuple(r.items()) for r in out)
 
 
