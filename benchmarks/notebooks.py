@@ -17,7 +17,6 @@ sizes, under 250 ms at 10^6 entries (cold).
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import statistics
 import sys
@@ -36,7 +35,7 @@ def clear_caches() -> int:
         if not (name == "phyrlab" or name.startswith("phyrlab.")):
             continue
         for obj in list(vars(mod).values()):
-            if isinstance(obj, functools._lru_cache_wrapper):
+            if callable(obj) and callable(getattr(obj, "cache_clear", None)):
                 obj.cache_clear()
                 n += 1
     return n

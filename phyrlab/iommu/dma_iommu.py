@@ -318,7 +318,9 @@ def _greedy_cut(length: np.ndarray, g_start: np.ndarray, g_end: np.ndarray, max_
                 ) -> tuple[np.ndarray, np.ndarray]:
     """First entry and length of each DMA segment when groups ``[g_start, g_end)`` of joinable
     segments are cut greedily at ``max_len``: where a segment starting at each entry would
-    end is one searchsorted for all groups, then each group's chain of starts is followed."""
+    end is one searchsorted for all groups, then each group's chain of starts is followed.
+    Simplified: an entry longer than ``max_len`` stands alone (``max_seg_size`` keeps entries
+    within it; the kernel's unsigned ``max_len - cur_len`` would wrap there)."""
     cum = np.cumsum(length, dtype=_U64)
     before = cum - length
     sizes = g_end - g_start
